@@ -1,0 +1,37 @@
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from embedsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_console_script_help_lists_the_commands():
+    executable = shutil.which("embedsearch")
+    assert executable, "the embedsearch console script is not installed (pip install -e .)"
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, check=True)
+    assert "demo" in result.stdout
+
+
+def test_demo_prints_both_backends_with_full_recall(capsys):
+    assert main(["demo", "--n", "2000", "--d", "32", "--nq", "100", "--classes", "10", "--repeats", "1"]) == 0
+    output = capsys.readouterr().out
+    assert "numpy float32 matmul" in output
+    assert re.search(r"Flat:.*recall@10 vs Flat 1\.0000", output)
+    assert re.search(r"TorchFlat:.*recall@10 vs Flat 1\.0000", output)
+
+
+def test_bad_arguments_exit_2_with_the_reason(capsys):
+    assert main(["demo", "--n", "5", "--k", "10", "--classes", "2", "--nq", "3", "--d", "4"]) == 2
+    assert "k=10: expected 1 <= k <= 5" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_commands = re.findall(r"^(python -m pip install .*)$", (ROOT / "README.md").read_text(), re.M)
+    assert len(readme_commands) >= 2, "README must open with the main-job and test commands"
+    test_command = readme_commands[1].split("#")[0].strip()
+    assert test_command in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,229 @@
+import faiss
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from embedsearch.data import clustered_embeddings
+from embedsearch.index import TORCH_SPEC, FaissIndex, TorchFlatIndex, build_index, create_index
+from embedsearch.metrics import recall_at_k
+
+EXACT_SPECS = ("Flat", TORCH_SPEC)
+needs_faiss_gpu = pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="FAISS sees no GPU")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def reference_distances(database: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
+    """Exact (nq, n) distances in float64: squared L2 or inner product."""
+    database, queries = database.astype(np.float64), queries.astype(np.float64)
+    if metric == "ip":
+        return queries @ database.T
+    return ((queries[:, None, :] - database[None, :, :]) ** 2).sum(-1)
+
+
+def assert_exact_search(database, queries, k, metric, distances, ids):
+    """Distances equal the reference's k best; each id has the distance given; distinct ones match."""
+    reference = reference_distances(database, queries, metric)
+    order = np.argsort(-reference if metric == "ip" else reference, axis=1, kind="stable")
+    expected = np.take_along_axis(reference, order[:, :k], axis=1)
+    # float32 round-off of both backends grows with |q|^2 + |x|^2 (L2 is computed by norm expansion)
+    squared_norms = (database.astype(np.float64) ** 2).sum(1).max() + (queries.astype(np.float64) ** 2).sum(1).max()
+    tolerance = 1e-5 * (1.0 + squared_norms)
+    np.testing.assert_allclose(distances, expected, atol=tolerance, rtol=0)
+    np.testing.assert_allclose(np.take_along_axis(reference, ids, axis=1), expected, atol=tolerance, rtol=0)
+    assert all(len(set(row)) == k for row in ids.tolist())
+    full = np.take_along_axis(reference, order, axis=1)
+    for row in range(len(queries)):
+        for column in range(k):
+            gaps = np.abs(full[row] - full[row, column])
+            gaps[column] = np.inf
+            if gaps.min() > tolerance:
+                assert ids[row, column] == order[row, column]
+
+
+@st.composite
+def search_problems(draw):
+    d = draw(st.integers(1, 24))
+    n = draw(st.integers(1, 60))
+    nq = draw(st.integers(1, 12))
+    # small integers make exact ties common; floats exercise the general case
+    elements = draw(st.sampled_from([st.integers(-2, 2).map(float),
+                                     st.floats(-10, 10, width=32, allow_subnormal=False)]))
+    database = draw(arrays(np.float32, (n, d), elements=elements))
+    queries = draw(arrays(np.float32, (nq, d), elements=elements))
+    k = draw(st.integers(1, n))
+    metric = draw(st.sampled_from(["l2", "ip"]))
+    return database, queries, k, metric
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=search_problems())
+def test_exact_search_equals_numpy_reference(spec, problem):
+    database, queries, k, metric = problem
+    index = build_index(spec, database, metric=metric)
+    distances, ids = index.search(queries, k)
+    assert distances.dtype == np.float32 and ids.dtype == np.int64
+    assert distances.shape == ids.shape == (len(queries), k)
+    assert_exact_search(database, queries, k, metric, distances, ids)
+
+
+@pytest.mark.parametrize("query_block, database_block", [(1, 1), (3, 7), (64, 5)])
+def test_torch_blocking_does_not_change_results(query_block, database_block):
+    split = clustered_embeddings(203, 37, 12, 4, seed=1)
+    index = TorchFlatIndex(12, "l2", torch.device("cpu"), query_block, database_block)
+    index.add(split.train_vectors[:100])
+    index.add(split.train_vectors[100:])
+    distances, ids = index.search(split.val_vectors, 9)
+    assert index.block_bytes == 4 * query_block * database_block
+    assert_exact_search(split.train_vectors, split.val_vectors, 9, "l2", distances, ids)
+
+
+def test_both_backends_agree_on_clustered_data():
+    split = clustered_embeddings(5000, 300, 64, 10, seed=2)
+    faiss_distances, faiss_ids = build_index("Flat", split.train_vectors, "ip").search(split.val_vectors, 10)
+    torch_distances, torch_ids = build_index(TORCH_SPEC, split.train_vectors, "ip").search(split.val_vectors, 10)
+    np.testing.assert_allclose(torch_distances, faiss_distances, atol=1e-5)
+    assert recall_at_k(torch_ids, faiss_ids) == 1.0
+
+
+@pytest.mark.parametrize("spec, params, min_recall", [
+    ("IVF16,Flat", dict(nprobe=16), 1.0),  # every list probed: exact
+    ("HNSW16", dict(efSearch=128), 0.95),
+    ("IVF16,PQ8", dict(nprobe=16), 0.3),
+])
+def test_approximate_indexes_train_search_and_tune(spec, params, min_recall):
+    split = clustered_embeddings(4000, 100, 32, 8, seed=5)
+    exact_ids = build_index("Flat", split.train_vectors).search(split.val_vectors, 10)[1]
+    index = build_index(spec, split.train_vectors)
+    index.set_search_params(**params)
+    distances, ids = index.search(split.val_vectors, 10)
+    assert recall_at_k(ids, exact_ids) >= min_recall
+
+
+def test_nprobe_trades_recall():
+    split = clustered_embeddings(4000, 200, 32, 8, seed=6)
+    exact_ids = build_index("Flat", split.train_vectors).search(split.val_vectors, 10)[1]
+    index = build_index("IVF64,Flat", split.train_vectors)
+    recalls = []
+    for nprobe in (1, 8, 64):
+        index.set_search_params(nprobe=nprobe)
+        recalls.append(recall_at_k(index.search(split.val_vectors, 10)[1], exact_ids))
+    assert recalls[0] < recalls[1] <= recalls[2] == 1.0
+
+
+def test_nbytes_matches_the_storage_of_each_index_type():
+    vectors = clustered_embeddings(2000, 0, 32, 4, seed=0).train_vectors
+    flat = build_index("Flat", vectors)
+    assert 4 * 2000 * 32 <= flat.nbytes() <= 4 * 2000 * 32 + 1024  # vectors + a small header
+    assert build_index(TORCH_SPEC, vectors, "ip").nbytes() == 4 * 2000 * 32
+    assert build_index(TORCH_SPEC, vectors, "l2").nbytes() == 4 * 2000 * 33  # + half norms
+    pq = build_index("IVF16,PQ8", vectors)
+    assert 2000 * (8 + 8) <= pq.nbytes() < flat.nbytes()  # 8 code bytes + 8 id bytes per vector
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+def test_search_rejects_bad_input_with_clear_errors(spec):
+    index = build_index(spec, np.ones((10, 4), dtype=np.float32))
+    good = np.zeros((2, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"expected dimension d=4, got shape \(2, 5\)"):
+        index.search(np.zeros((2, 5), dtype=np.float32), 1)
+    with pytest.raises(ValueError, match=r"k=0: expected 1 <= k <= 10"):
+        index.search(good, 0)
+    with pytest.raises(ValueError, match=r"k=11: expected 1 <= k <= 10"):
+        index.search(good, 11)
+    with pytest.raises(TypeError, match="k=2.0"):
+        index.search(good, 2.0)
+    with pytest.raises(ValueError, match=r"at least one row.*shape \(0, 4\)"):
+        index.search(np.zeros((0, 4), dtype=np.float32), 1)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="1 row.*NaN or inf.*row 1"):
+        index.search(bad, 1)
+    bad[1, 2] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        index.add(bad)
+    with pytest.raises(TypeError, match="dtype int64"):
+        index.search(np.zeros((2, 4), dtype=np.int64), 1)
+    with pytest.raises(ValueError, match=r"2-D array.*shape \(4,\)"):
+        index.search(np.zeros(4, dtype=np.float32), 1)
+    with pytest.raises(TypeError, match="got list"):
+        index.search([[0.0] * 4], 1)
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+def test_float64_and_non_contiguous_inputs_are_converted_not_misread(spec):
+    rng = np.random.default_rng(0)
+    database = rng.standard_normal((50, 16))  # float64
+    wide_queries = rng.standard_normal((5, 32)).astype(np.float32)
+    queries = wide_queries[:, ::2]  # non-contiguous view
+    index = build_index(spec, database)
+    distances, ids = index.search(queries, 3)
+    assert_exact_search(database.astype(np.float32), np.ascontiguousarray(queries), 3, "l2", distances, ids)
+
+
+def test_create_index_rejects_bad_specs_metrics_and_devices():
+    with pytest.raises(ValueError, match="index spec 'NotAnIndex'.*could not parse"):
+        create_index("NotAnIndex", 8)
+    with pytest.raises(ValueError, match="PQ m must divide d"):
+        create_index("IVF4,PQ3", 8)
+    with pytest.raises(ValueError, match="metric='cosine': expected one of 'l2', 'ip'"):
+        create_index("Flat", 8, metric="cosine")
+    with pytest.raises(ValueError, match="d=0"):
+        create_index("Flat", 0)
+    with pytest.raises(ValueError, match="spec=''"):
+        create_index("", 8)
+    with pytest.raises(ValueError, match="device='gpu'"):
+        create_index("Flat", 8, device="gpu")
+    with pytest.raises(ValueError, match="sharded=True needs device='cuda'"):
+        create_index("Flat", 8, sharded=True)
+
+
+def test_training_and_parameter_errors_name_the_problem():
+    vectors = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="nlist=16 lists: expected at least 16 training vectors.*got 10"):
+        build_index("IVF16,Flat", vectors)
+    with pytest.raises(ValueError, match="training index 'IVF2,PQ4' on 10 vectors failed"):
+        build_index("IVF2,PQ4", vectors)
+    untrained = create_index("IVF2,Flat", 8)
+    with pytest.raises(ValueError, match="must be trained before add"):
+        untrained.add(vectors)
+    with pytest.raises(ValueError, match="no vectors have been added"):
+        create_index("Flat", 8).search(vectors, 1)
+    with pytest.raises(ValueError, match="efSearch=8: index 'Flat' is not an HNSW index"):
+        build_index("Flat", vectors).set_search_params(efSearch=8)
+    with pytest.raises(ValueError, match="nprobe=3: index 'HNSW8' is not an IVF index"):
+        build_index("HNSW8", vectors).set_search_params(nprobe=3)
+    with pytest.raises(ValueError, match="nprobe=5: expected at most 2"):
+        build_index("IVF2,Flat", vectors).set_search_params(nprobe=5)
+    with pytest.raises(ValueError, match="takes no search parameters"):
+        build_index(TORCH_SPEC, vectors).set_search_params(nprobe=1)
+
+
+def test_cuda_devices_are_refused_clearly_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="device='cuda'.*0 CUDA device"):
+        create_index(TORCH_SPEC, 8, device="cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_torch_cuda_search_equals_reference(metric):
+    split = clustered_embeddings(3000, 200, 48, 6, seed=7)
+    index = build_index(TORCH_SPEC, split.train_vectors, metric, device="cuda")
+    distances, ids = index.search(split.val_vectors, 10)
+    assert_exact_search(split.train_vectors, split.val_vectors, 10, metric, distances, ids)
+
+
+@needs_faiss_gpu
+@pytest.mark.parametrize("sharded", [False, True])
+def test_faiss_gpu_flat_equals_reference(sharded):
+    split = clustered_embeddings(3000, 200, 48, 6, seed=8)
+    index = build_index("Flat", split.train_vectors, "l2", device="cuda", sharded=sharded)
+    assert isinstance(index, FaissIndex)
+    distances, ids = index.search(split.val_vectors, 10)
+    assert_exact_search(split.train_vectors, split.val_vectors, 10, "l2", distances, ids)
+    assert index.nbytes() >= 4 * 3000 * 48

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embedsearch.data import clustered_embeddings
+from embedsearch.index import TORCH_SPEC, build_index
+from embedsearch.knn import class_scores, leave_one_out_search, predict, similarities, topk_accuracy
+
+
+def test_majority_vote_counts_neighbours_and_breaks_ties_to_the_smaller_class():
+    train_labels = np.array([0, 1, 1, 2, 2])
+    ids = np.array([[1, 2, 0], [3, 1, 0], [4, 3, 1]])
+    scores = class_scores(ids, np.zeros(ids.shape), train_labels, 3, "majority")
+    np.testing.assert_array_equal(scores, [[1, 2, 0], [1, 1, 1], [0, 1, 2]])
+    np.testing.assert_array_equal(predict(scores), [1, 0, 2])
+
+
+def test_weighted_vote_sums_exp_similarity_over_temperature():
+    train_labels = np.array([0, 1, 1])
+    ids = np.array([[0, 1, 2]])
+    sims = np.array([[0.9, 0.5, 0.4]])
+    scores = class_scores(ids, sims, train_labels, 2, "weighted", temperature=0.07)
+    np.testing.assert_allclose(scores, [[np.exp(0.9 / 0.07), np.exp(0.5 / 0.07) + np.exp(0.4 / 0.07)]])
+    # one close neighbour outvotes two far ones, unlike the majority vote
+    assert predict(scores)[0] == 0
+    assert predict(class_scores(ids, sims, train_labels, 2, "majority"))[0] == 1
+
+
+def test_missing_neighbours_cast_no_vote():
+    scores = class_scores(np.array([[2, -1, -1]]), np.zeros((1, 3)), np.array([0, 1, 1]), 2)
+    np.testing.assert_array_equal(scores, [[0, 1]])
+
+
+def test_similarities_from_l2_equal_inner_products_on_unit_vectors():
+    split = clustered_embeddings(500, 50, 16, 4, seed=0)
+    l2_distances, l2_ids = build_index("Flat", split.train_vectors, "l2").search(split.val_vectors, 5)
+    ip_distances, ip_ids = build_index("Flat", split.train_vectors, "ip").search(split.val_vectors, 5)
+    np.testing.assert_array_equal(l2_ids, ip_ids)
+    np.testing.assert_allclose(similarities(l2_distances, "l2"), similarities(ip_distances, "ip"), atol=1e-5)
+
+
+def test_topk_accuracy():
+    scores = np.array([[0.1, 0.5, 0.4], [0.7, 0.2, 0.1], [0.2, 0.3, 0.5]])
+    labels = np.array([2, 0, 0])
+    assert topk_accuracy(scores, labels, ks=(1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}
+
+
+@pytest.mark.parametrize("spec", ["Flat", TORCH_SPEC])
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 40), k=st.integers(1, 39), duplicates=st.booleans(), seed=st.integers(0, 2**16))
+def test_leave_one_out_never_returns_a_point_as_its_own_neighbour(spec, n, k, duplicates, seed):
+    k = min(k, n - 1)
+    rng = np.random.default_rng(seed)
+    vectors = rng.integers(-1, 2, size=(n, 3)).astype(np.float32)  # many ties and exact duplicates
+    if duplicates:
+        vectors[n // 2:] = vectors[: n - n // 2]
+    index = build_index(spec, vectors)
+    distances, ids = leave_one_out_search(index, vectors, k)
+    assert ids.shape == distances.shape == (n, k)
+    assert not (ids == np.arange(n)[:, None]).any()
+    # the remaining neighbours are still the k nearest among the other points
+    reference = ((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(reference, np.inf)
+    expected = np.sort(reference, axis=1)[:, :k]
+    np.testing.assert_allclose(np.sort(distances, axis=1), expected, atol=1e-4)
+
+
+def test_leave_one_out_input_errors():
+    vectors = np.eye(4, dtype=np.float32)
+    index = build_index("Flat", vectors)
+    with pytest.raises(ValueError, match="k=4: expected 1 <= k <= 3"):
+        leave_one_out_search(index, vectors, 4)
+    with pytest.raises(ValueError, match="expected the 4 vectors held by the index"):
+        leave_one_out_search(index, vectors[:3], 1)
+
+
+def test_class_scores_input_errors():
+    ids = np.array([[0, 1]])
+    sims = np.zeros((1, 2))
+    with pytest.raises(ValueError, match="vote='mode'"):
+        class_scores(ids, sims, np.array([0, 1]), 2, "mode")
+    with pytest.raises(ValueError, match="label 5 is not below n_classes=2"):
+        class_scores(ids, sims, np.array([0, 5]), 2)
+    with pytest.raises(ValueError, match="id 1 is out of range for 1 train labels"):
+        class_scores(ids, sims, np.array([0]), 2)
+    with pytest.raises(ValueError, match="same shape"):
+        class_scores(ids, np.zeros((1, 3)), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match="temperature=0"):
+        class_scores(ids, sims, np.array([0, 1]), 2, "weighted", temperature=0)
+    with pytest.raises(TypeError, match="integer class labels"):
+        class_scores(ids, sims, np.array([0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match=r"labels: expected a 1-D array of 1 labels, got shape \(2,\)"):
+        topk_accuracy(np.zeros((1, 2)), np.array([0, 1]))
