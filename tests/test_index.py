@@ -103,6 +103,17 @@ def test_approximate_indexes_train_search_and_tune(spec, params, min_recall):
     assert recall_at_k(ids, exact_ids) >= min_recall
 
 
+@pytest.mark.parametrize("spec", ["IVF8,Flat", TORCH_SPEC])
+def test_reset_keeps_training_and_drops_vectors(spec):
+    vectors = clustered_embeddings(500, 0, 16, 4, seed=0).train_vectors
+    index = build_index(spec, vectors)
+    first = index.search(vectors[:5], 3)
+    index.reset()
+    assert index.ntotal == 0 and index.is_trained
+    index.add(vectors)
+    np.testing.assert_array_equal(index.search(vectors[:5], 3)[1], first[1])
+
+
 def test_nprobe_trades_recall():
     split = clustered_embeddings(4000, 200, 32, 8, seed=6)
     exact_ids = build_index("Flat", split.train_vectors).search(split.val_vectors, 10)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -12,6 +13,9 @@ import torch
 
 from . import __version__
 from .data import clustered_embeddings
+from .embed import PRECISIONS
+from .experiment import (STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
+                         run_experiment)
 from .index import build_index
 from .knn import class_scores, similarities, topk_accuracy
 from .metrics import exact_search_gflops, matmul_gflops, per_second, recall_at_k
@@ -45,6 +49,26 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    """The study's pipeline: print its table and k sweep, optionally the JSON record and the study's figures."""
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    config = ExperimentConfig(
+        dataset=args.dataset, model=args.model, weights=args.weights, device=args.device, index=args.index,
+        ks=tuple(args.k), vote=args.vote, temperature=args.temperature, batch_size=args.batch_size,
+        workers=args.workers, precision=args.precision, embeddings=args.embeddings, n_train=args.n_train,
+        n_val=args.n_val, d=args.d, classes=args.classes)
+    result = run_experiment(config)
+    print(format_table(result))
+    if args.compare_study:
+        print()
+        print(format_study_comparison(result, args.compare_study))
+    if args.json:
+        Path(args.json).write_text(result.to_json())
+        print(f"\nresult record: {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `embedsearch` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="embedsearch", description=__doc__)
@@ -59,6 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads")
     demo_parser.add_argument("--repeats", type=int, default=5, help="timed repeats, best kept")
     demo_parser.set_defaults(handler=demo)
+
+    defaults = ExperimentConfig()
+    run_parser = commands.add_parser(
+        "run", help="reproduce the study: embed, build, leave-one-out train search, val search, kNN classify",
+        description="With no arguments: digits (1297 train / 500 val) on raw pixels, Flat, k=10,20, weighted vote. "
+                    "The study: --dataset TINY_IMAGENET_ROOT --model vit_small_patch16_224.dino --weights pretrained.")
+    run_parser.add_argument("--dataset", default=defaults.dataset,
+                            help="'digits', 'synthetic', an ImageFolder root with train/ and val/, or a Tiny ImageNet root")
+    run_parser.add_argument("--model", default=defaults.model,
+                            help="a timm model name, or 'pixels' (raw digits pixels, no network)")
+    run_parser.add_argument("--weights", default=defaults.weights,
+                            help="'pretrained' (timm hub or cache), 'random', or a local checkpoint file")
+    run_parser.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:N or auto")
+    run_parser.add_argument("--index", default=defaults.index, help="FAISS factory string or TorchFlat")
+    run_parser.add_argument("--k", type=int, nargs="+", default=list(defaults.ks), help="one or more k")
+    run_parser.add_argument("--vote", default=defaults.vote, choices=["majority", "weighted"])
+    run_parser.add_argument("--temperature", type=float, default=defaults.temperature, help="weighted vote T")
+    run_parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run_parser.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader workers")
+    run_parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS)
+    run_parser.add_argument("--embeddings", help=".npz file: reused when present (skips embedding), else written")
+    run_parser.add_argument("--n-train", type=int, default=defaults.n_train, help="synthetic train size")
+    run_parser.add_argument("--n-val", type=int, default=defaults.n_val, help="synthetic val size")
+    run_parser.add_argument("--d", type=int, default=defaults.d, help="synthetic dimension")
+    run_parser.add_argument("--classes", type=int, default=defaults.classes, help="synthetic classes")
+    run_parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads")
+    run_parser.add_argument("--json", help="write the result record (every parameter, version, figure) here")
+    run_parser.add_argument("--compare-study", nargs="?", const="imagenet", choices=sorted(STUDY_FIGURES),
+                            help="print the study's published figures next to this run's, with ratios")
+    run_parser.set_defaults(handler=run)
     return parser
 
 

@@ -49,6 +49,10 @@ class Index(ABC):
     def add(self, vectors: np.ndarray) -> None:
         """Append `vectors` (n, d); they get ids ntotal .. ntotal + n - 1."""
 
+    @abstractmethod
+    def reset(self) -> None:
+        """Remove every vector, keeping what training learned."""
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (distances float32 (nq, k), ids int64 (nq, k)) of the k nearest stored vectors."""
         if self.ntotal == 0:
@@ -129,6 +133,9 @@ class FaissIndex(Index):
             raise ValueError(f"index {self.spec!r} must be trained before add: call train(vectors) first")
         self._index.add(vectors)
 
+    def reset(self) -> None:
+        self._index.reset()
+
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.device.type == "cuda" and k > FAISS_GPU_MAX_K:
             raise ValueError(f"k={k}: FAISS GPU indexes accept k <= {FAISS_GPU_MAX_K}")
@@ -190,6 +197,10 @@ class TorchFlatIndex(Index):
         if self.metric == "l2":
             half_norms = 0.5 * (added * added).sum(dim=1)
             self._half_norms = half_norms if self._half_norms.numel() == 0 else torch.cat([self._half_norms, half_norms])
+
+    def reset(self) -> None:
+        self._vectors = self._vectors[:0]
+        self._half_norms = self._half_norms[:0]
 
     @torch.inference_mode()
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

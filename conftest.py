@@ -1,0 +1,56 @@
+"""The performance suite's options, declared in one place.
+
+`pytest` runs the unit tests and every benchmark once, untimed (pytest-benchmark disabled), on
+the smoke grid. `pytest --benchmark` runs the benchmarks only, timed, on the default grid, and
+saves the run. pytest-benchmark's own --benchmark-* options keep working in both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TIERS = ("smoke", "default", "full")
+DEVICES = ("cpu", "cuda")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("embedsearch", "embedsearch performance suite")
+    group.addoption("--benchmark", action="store_true",
+                    help="time the perf/ suite (default grid, saved run); without it each benchmark runs once")
+    group.addoption("--perf-tier", choices=TIERS, default=None,
+                    help="grid size: smoke (seconds), default (<= 5 min on 2 cores), full (the study's scale); "
+                         "default: 'default' with --benchmark, else 'smoke'")
+    group.addoption("--perf-device", default="cpu",
+                    help="comma-separated devices to include, from cpu,cuda (cuda skips cleanly without a GPU)")
+    group.addoption("--perf-threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="threads for FAISS (OpenMP) and torch (default: the cores this process may use)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs before pytest-benchmark's own pytest_configure reads these options.
+    devices = [name.strip() for name in config.getoption("perf_device").split(",") if name.strip()]
+    unknown = sorted(set(devices) - set(DEVICES))
+    if unknown or not devices:
+        raise pytest.UsageError(f"--perf-device={config.getoption('perf_device')!r}: expected a comma list from {DEVICES}")
+    if config.getoption("perf_threads") < 1:
+        raise pytest.UsageError(f"--perf-threads={config.getoption('perf_threads')}: expected a positive integer")
+    if config.getoption("benchmark"):
+        if not (config.getoption("benchmark_save") or config.getoption("benchmark_json")):
+            config.option.benchmark_autosave = True
+    else:
+        config.option.benchmark_disable = True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --benchmark only perf/ runs: the main job is the suite, not the unit tests."""
+    if not config.getoption("benchmark"):
+        return
+    perf = Path(__file__).resolve().parent / "perf"
+    deselected = [item for item in items if perf not in item.path.parents]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if perf in item.path.parents]

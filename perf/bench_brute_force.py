@@ -1,0 +1,7 @@
+"""Brute force side by side: FAISS Flat and the torch backend on the same data, same group."""
+
+from bench_search import run_search_case
+
+
+def test_brute_force(benchmark, brute_force_case, device, data, indexes, threads):
+    run_search_case(benchmark, brute_force_case, device, data, indexes, threads, "brute-force")

@@ -1,0 +1,52 @@
+"""Index build: training time (IVF, PQ) and add time, per spec x N x d x device, with index bytes."""
+
+from embedsearch.device import resolve_device, synchronize
+from embedsearch.index import create_index
+from harness import median_seconds, record
+
+
+def rounds_for(n: int) -> int:
+    return 5 if n <= 100_000 else 1
+
+
+def test_build_train(benchmark, train_case, device, data, threads):
+    database, _ = data.search_data(train_case, 1)
+
+    def fresh_index():
+        return (create_index(train_case.spec, train_case.d, train_case.metric, device),), {}
+
+    def train(index):
+        index.train(database)
+        synchronize(resolve_device(device))
+        return index
+
+    benchmark.group = f"build-train n={train_case.n} d={train_case.d} {device}"
+    index = benchmark.pedantic(train, setup=fresh_index, rounds=rounds_for(train_case.n))
+    assert index.is_trained
+    seconds = median_seconds(benchmark)
+    record(benchmark, threads, stage="train", spec=train_case.spec, n=train_case.n, d=train_case.d,
+           metric=train_case.metric, device=device, dtype="float32",
+           **({"vectors_per_s": train_case.n / seconds} if seconds else {}))
+
+
+def test_build_add(benchmark, build_case, device, data, threads):
+    database, _ = data.search_data(build_case, 1)
+    index = create_index(build_case.spec, build_case.d, build_case.metric, device)
+    if not index.is_trained:
+        index.train(database)  # training is timed by test_build_train
+
+    def emptied():
+        index.reset()
+        return (), {}
+
+    def add():
+        index.add(database)
+        synchronize(resolve_device(device))
+
+    benchmark.group = f"build-add n={build_case.n} d={build_case.d} {device}"
+    benchmark.pedantic(add, setup=emptied, rounds=rounds_for(build_case.n))
+    assert index.ntotal == build_case.n
+    seconds = median_seconds(benchmark)
+    record(benchmark, threads, stage="add", spec=build_case.spec, n=build_case.n, d=build_case.d,
+           metric=build_case.metric, device=device, dtype="float32", index_bytes=index.nbytes(),
+           **({"vectors_per_s": build_case.n / seconds} if seconds else {}))

@@ -1,0 +1,115 @@
+"""Helpers of the performance suite: cached data and ground truth, built indexes, recorded figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import faiss
+import numpy as np
+import timm
+import torch
+
+import embedsearch
+from embedsearch.data import EmbeddingSplit, clustered_embeddings
+from embedsearch.index import Index, build_index
+from embedsearch.knn import similarities
+from tiers import IndexCase
+
+CACHE = Path(os.environ.get("EMBEDSEARCH_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
+N_CLASSES = 200  # the study's Tiny ImageNet class count, for every search data set
+GROUND_TRUTH_K = 100  # ground truth is computed once at this depth and sliced for smaller k
+
+
+def library_versions() -> dict[str, str]:
+    return {"embedsearch": embedsearch.__version__, "faiss": faiss.__version__, "torch": torch.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def record(benchmark, threads: int, **figures) -> None:
+    """Store a benchmark's parameters and derived figures, with threads and library versions."""
+    benchmark.extra_info.update(figures, threads=threads, versions=library_versions())
+
+
+def median_seconds(benchmark) -> float | None:
+    """The timed median in seconds, or None when pytest-benchmark is disabled (untimed run)."""
+    return float(benchmark.stats.stats.median) if benchmark.stats is not None else None
+
+
+class DataCache:
+    """Clustered data sets and their exact ground truth, cached in memory and on disk by parameters."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.memory: dict[str, object] = {}
+
+    def _cached(self, key: str, make):
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"{key}.npz"
+        if path.is_file():
+            with np.load(path) as stored:
+                value = {name: stored[name] for name in stored.files}
+        else:
+            value = make()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial.npz")
+            np.savez(partial, **value)
+            os.replace(partial, path)  # atomic: a reader never sees half a file
+        self.memory[key] = value
+        return value
+
+    def split(self, n_train: int, n_val: int, d: int, n_classes: int = N_CLASSES, seed: int = 0) -> EmbeddingSplit:
+        """A clustered train/val split (float32, L2-normalised)."""
+        key = f"clustered-t{n_train}-v{n_val}-d{d}-c{n_classes}-s{seed}"
+        arrays = self._cached(key, lambda: clustered_embeddings(n_train, n_val, d, n_classes, seed=seed).__dict__)
+        return EmbeddingSplit(arrays["train_vectors"], arrays["train_labels"], arrays["val_vectors"],
+                              arrays["val_labels"], int(n_classes))
+
+    def search_data(self, case: IndexCase, nq: int) -> tuple[np.ndarray, np.ndarray]:
+        """(database, queries) for an index case: n train vectors, nq val vectors."""
+        split = self.split(case.n, nq, case.d)
+        return split.train_vectors, split.val_vectors
+
+    def ground_truth(self, case: IndexCase, nq: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (distances, ids) of the nq queries, GROUND_TRUTH_K deep, by FAISS Flat on cpu."""
+        depth = min(GROUND_TRUTH_K, case.n)
+        key = f"truth-n{case.n}-q{nq}-d{case.d}-{case.metric}-k{depth}"
+
+        def make():
+            database, queries = self.search_data(case, nq)
+            distances, ids = build_index("Flat", database, case.metric).search(queries, depth)
+            return {"distances": distances, "ids": ids}
+
+        truth = self._cached(key, make)
+        return truth["distances"], truth["ids"]
+
+    def val_neighbors(self, split_key: tuple, split: EmbeddingSplit, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine similarities and ids of each val vector's k nearest train vectors (exact)."""
+        key = "neighbors-" + "-".join(map(str, split_key)) + f"-k{k}"
+
+        def make():
+            distances, ids = build_index("Flat", split.train_vectors, "ip").search(split.val_vectors, k)
+            return {"similarities": similarities(distances, "ip"), "ids": ids}
+
+        found = self._cached(key, make)
+        return found["similarities"], found["ids"]
+
+
+class IndexCache:
+    """The most recently built index, reused by consecutive cases over the same index."""
+
+    def __init__(self, data: DataCache):
+        self.data = data
+        self.key: tuple | None = None
+        self.index: Index | None = None
+
+    def get(self, case: IndexCase, device: str, nq: int) -> Index:
+        key = (case, device, nq)
+        if key != self.key:
+            self.index = None  # release the previous index before building the next
+            database, _ = self.data.search_data(case, nq)
+            self.index = build_index(case.spec, database, case.metric, device)
+            self.key = key
+        return self.index

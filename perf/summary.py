@@ -1,0 +1,51 @@
+"""The suite's closing summary: derived figures per benchmark and the headline ratios."""
+
+from __future__ import annotations
+
+FIGURES = (  # extra_info key, column title, format
+    ("images_per_s", "images/s", "{:.1f}"),
+    ("vectors_per_s", "vectors/s", "{:.0f}"),
+    ("queries_per_s", "queries/s", "{:.0f}"),
+    ("gflops", "GFLOP/s", "{:.1f}"),
+    ("bandwidth_gbs", "GB/s", "{:.1f}"),
+    ("recall", "recall@k", "{:.4f}"),
+    ("top1", "top-1", "{:.4f}"),
+    ("index_bytes", "index MiB", None),
+    ("overhead", "overhead", "{:+.2%}"),
+)
+
+
+def _format(key: str, value, pattern: str | None) -> str:
+    if key == "index_bytes":
+        return f"{value / 2**20:.2f}"
+    return pattern.format(value) if isinstance(value, (int, float)) else str(value)
+
+
+def print_summary(reporter, benchmarks, tier: str) -> None:
+    """Print one line of derived figures per benchmark, then the headline ratios."""
+    reporter.write_sep("-", f"embedsearch figures (tier {tier})")
+    for bench in sorted(benchmarks, key=lambda b: (b.group or "", b.name)):
+        info = bench.extra_info
+        cells = [f"{title} {_format(key, info[key], pattern)}" for key, title, pattern in FIGURES if key in info]
+        reporter.write_line(f"{bench.name:<78} {bench.stats.median * 1e3:10.2f} ms  " + "  ".join(cells))
+    for line in headline_ratios(benchmarks):
+        reporter.write_line(line)
+
+
+def headline_ratios(benchmarks) -> list[str]:
+    """Exact-search GFLOP/s against the matmul calibration, torch vs FAISS time, suite overhead."""
+    lines = []
+    by_name = {bench.name: bench for bench in benchmarks}
+    matmul = next((b.extra_info["gflops"] for b in benchmarks if b.name.startswith("test_matmul_gflops")), None)
+    for bench in benchmarks:
+        info = bench.extra_info
+        if bench.name.startswith("test_brute_force") and info.get("spec") == "Flat" and matmul:
+            lines.append(f"{bench.name}: FAISS Flat {info['gflops']:.1f} GFLOP/s = "
+                         f"{info['gflops'] / matmul:.1%} of matmul {matmul:.1f} GFLOP/s")
+            twin = by_name.get(bench.name.replace("[Flat-", "[TorchFlat-"))
+            if twin is not None:
+                lines.append(f"{twin.name}: torch / FAISS median time = {twin.stats.median / bench.stats.median:.3f}")
+        if "overhead" in info:
+            lines.append(f"{bench.name}: timed call adds {info['overhead']:+.2%} to a "
+                         f"{info['bare_seconds'] * 1e3:.2f} ms operation (bare loop median)")
+    return lines

@@ -1,0 +1,257 @@
+"""The study's pipeline end to end: embed, build, leave-one-out train search, val search, kNN classify."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import timm
+import torch
+from torch.utils.data import Dataset, Subset
+
+from . import __version__
+from .data import DigitsImages, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
+from .device import resolve_device
+from .embed import DEFAULT_MODEL, embed_dataset, load_model
+from .index import build_index
+from .knn import DEFAULT_TEMPERATURE, VOTES, class_scores, leave_one_out_search, similarities, topk_accuracy
+from .memory import StageMeasure, measure_stage
+from .validation import as_vectors, check_choice
+
+PIXELS_MODEL = "pixels"  # no network: an image's raw pixels, flattened, are its embedding
+DIGITS_TRAIN = 1297  # digits split: the first 1297 images train, the last 500 validate
+
+# The study's published figures (DINO ViT-S/16, k=20 weighted vote, FAISS Flat), in seconds.
+STUDY_FIGURES = {
+    "imagenet": {
+        "gpu": {"n_train": 1_281_167, "n_val": 50_000, "embed": 64 * 60 + 22, "build": 0.29,
+                "search_train": 108.72, "search_val": 4.24, "train_top1": 0.8347, "val_top1": 0.7777},
+        "cpu": {"n_train": 1_281_167, "n_val": 50_000, "search_train": 4689.0},
+    },
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """What to run: data set, model and weights, device, index, k values and vote."""
+
+    dataset: str = "digits"  # "digits", "synthetic", an ImageFolder root (train/, val/) or a Tiny ImageNet root
+    model: str = PIXELS_MODEL
+    weights: str = "random"
+    device: str = "auto"
+    index: str = "Flat"
+    ks: tuple[int, ...] = (10, 20)
+    vote: str = "weighted"
+    temperature: float = DEFAULT_TEMPERATURE
+    batch_size: int = 64
+    workers: int = 0
+    precision: str = "fp32"
+    embeddings: str | None = None  # .npz file: loaded when present, else written after embedding
+    n_train: int = 100_000  # synthetic data shape (the study's Tiny ImageNet: 100k / 10k, 200 classes, 384-d)
+    n_val: int = 10_000
+    d: int = 384
+    classes: int = 200
+
+
+@dataclass
+class ExperimentResult:
+    """Every parameter, version and figure of one run: the study's table row and its k sweep."""
+
+    config: dict
+    n_train: int
+    n_val: int
+    d: int
+    n_classes: int
+    device: str
+    weights: str
+    embeddings_loaded: bool
+    stages: dict[str, dict] = field(default_factory=dict)
+    accuracy: list[dict] = field(default_factory=list)  # one row per k: train/val top-1/top-5
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+@dataclass
+class _Embedded:
+    train_vectors: np.ndarray
+    train_labels: np.ndarray
+    val_vectors: np.ndarray
+    val_labels: np.ndarray
+    n_classes: int
+    weights: str
+
+
+def run_experiment(config: ExperimentConfig) -> ExperimentResult:
+    """Run the study's pipeline for `config` and return its result record."""
+    check_choice(config.vote, "vote", VOTES)
+    if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
+        raise ValueError(f"ks={config.ks!r}: expected one or more positive integers")
+    device = resolve_device(config.device)
+    stages: dict[str, StageMeasure] = {}
+    loaded = config.embeddings is not None and Path(config.embeddings).is_file()
+    embedded = _load_embeddings(config) if loaded else _embed(config, device, stages)
+    if config.embeddings is not None and not loaded:
+        _save_embeddings(config, embedded)
+    k_max = max(config.ks)
+    if k_max > len(embedded.train_vectors) - 1:
+        raise ValueError(f"ks={config.ks}: expected k <= {len(embedded.train_vectors) - 1} (train size - 1)")
+    index_device = "cpu" if device.type == "cpu" else str(device)
+    with measure_stage(device) as stages["build"]:
+        index = build_index(config.index, embedded.train_vectors, "ip", index_device)
+    with measure_stage(device) as stages["search_train"]:
+        train_distances, train_ids = leave_one_out_search(index, embedded.train_vectors, k_max)
+    with measure_stage(device) as stages["search_val"]:
+        val_distances, val_ids = index.search(embedded.val_vectors, k_max)
+    accuracy = []
+    with measure_stage(device) as stages["classify"]:
+        for k in sorted(config.ks):
+            row = {"k": k, "vote": config.vote}
+            for split, distances, ids, labels in (("train", train_distances, train_ids, embedded.train_labels),
+                                                  ("val", val_distances, val_ids, embedded.val_labels)):
+                scores = class_scores(ids[:, :k], similarities(distances[:, :k], "ip"), embedded.train_labels,
+                                      embedded.n_classes, config.vote, config.temperature)
+                top = topk_accuracy(scores, labels)
+                row[f"{split}_top1"], row[f"{split}_top5"] = top[1], top[5]
+            accuracy.append(row)
+    return ExperimentResult(
+        config=asdict(config), n_train=len(embedded.train_vectors), n_val=len(embedded.val_vectors),
+        d=embedded.train_vectors.shape[1], n_classes=embedded.n_classes, device=str(device),
+        weights=embedded.weights, embeddings_loaded=loaded,
+        stages={name: asdict(measure) for name, measure in stages.items()}, accuracy=accuracy,
+        versions={"embedsearch": __version__, "faiss": faiss.__version__, "torch": torch.__version__,
+                  "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()},
+    )
+
+
+def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, StageMeasure]) -> _Embedded:
+    """Embed (or generate) train and val; image embedding stages are timed into `stages`."""
+    if config.dataset == "synthetic":
+        split = clustered_embeddings(config.n_train, config.n_val, config.d, config.classes)
+        return _Embedded(split.train_vectors, split.train_labels, split.val_vectors, split.val_labels,
+                         split.n_classes, "synthetic")
+    if config.model == PIXELS_MODEL:
+        if config.dataset != "digits":
+            raise ValueError(f"model={PIXELS_MODEL!r} works on dataset='digits' only, got {config.dataset!r}")
+        with measure_stage(device) as stages["embed_train"]:
+            pixels, labels = digits_arrays()
+            vectors = pixels / np.linalg.norm(pixels, axis=1, keepdims=True)
+        return _Embedded(np.ascontiguousarray(vectors[:DIGITS_TRAIN]), labels[:DIGITS_TRAIN],
+                         np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10, "none (pixels)")
+    model = load_model(config.model, config.weights, str(device))
+    train_set, val_set, n_classes = _image_datasets(config.dataset, model.transform())
+    embedded = []
+    for name, dataset in (("embed_train", train_set), ("embed_val", val_set)):
+        with measure_stage(device) as stages[name]:
+            vectors = embed_dataset(model, dataset, config.batch_size, config.workers, config.precision)
+        embedded += [vectors, np.asarray(_targets(dataset), dtype=np.int64)]
+    return _Embedded(*embedded, n_classes, model.weights)
+
+
+def _image_datasets(dataset: str, transform) -> tuple[Dataset, Dataset, int]:
+    if dataset == "digits":
+        indices = np.arange(len(digits_arrays()[1]))
+        return (DigitsImages(indices[:DIGITS_TRAIN], transform), DigitsImages(indices[DIGITS_TRAIN:], transform), 10)
+    root = Path(dataset)
+    if is_tiny_imagenet(root):
+        train, val = tiny_imagenet(root, transform)
+        return train, val, len(train.classes)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, val = image_folder(root / "train", transform), image_folder(root / "val", transform)
+        if val.classes != train.classes:
+            raise ValueError(f"{str(root)!r}: val/ classes differ from train/ classes")
+        return train, val, len(train.classes)
+    raise ValueError(
+        f"dataset={dataset!r}: expected 'digits', 'synthetic', a Tiny ImageNet folder, or a folder "
+        "with train/<class>/ and val/<class>/ image trees"
+    )
+
+
+def _targets(dataset: Dataset) -> list[int]:
+    if isinstance(dataset, Subset):
+        return [dataset.dataset.targets[i] for i in dataset.indices]
+    return [int(dataset.targets[i]) for i in range(len(dataset))]
+
+
+def _embeddings_key(config: ExperimentConfig) -> str:
+    return json.dumps({"dataset": config.dataset, "model": config.model, "weights": str(config.weights),
+                       "precision": config.precision})
+
+
+def _save_embeddings(config: ExperimentConfig, embedded: _Embedded) -> None:
+    path = Path(config.embeddings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, train_vectors=embedded.train_vectors, train_labels=embedded.train_labels,
+             val_vectors=embedded.val_vectors, val_labels=embedded.val_labels, n_classes=embedded.n_classes,
+             weights=embedded.weights, key=_embeddings_key(config))
+    partial.replace(path)  # atomic: an interrupted save leaves no half file under the real name
+
+
+def _load_embeddings(config: ExperimentConfig) -> _Embedded:
+    with np.load(config.embeddings) as stored:
+        if str(stored["key"]) != _embeddings_key(config):
+            raise ValueError(
+                f"embeddings={config.embeddings!r} were made for {stored['key']}, not {_embeddings_key(config)}"
+            )
+        return _Embedded(as_vectors(stored["train_vectors"], "stored train embeddings"), stored["train_labels"],
+                         as_vectors(stored["val_vectors"], "stored val embeddings"), stored["val_labels"],
+                         int(stored["n_classes"]), str(stored["weights"]))
+
+
+def format_table(result: ExperimentResult) -> str:
+    """The study's table (one row) and the k sweep, as aligned text."""
+    def seconds(name: str) -> str:
+        stage = result.stages.get(name)
+        return f"{stage['seconds']:.2f}" if stage else "-"
+
+    embed_seconds = sum(result.stages[n]["seconds"] for n in ("embed_train", "embed_val") if n in result.stages)
+    peaks = [s["peak_rss_bytes"] for s in result.stages.values() if s["peak_rss_bytes"] is not None]
+    main_k = max(row["k"] for row in result.accuracy)
+    main = next(row for row in result.accuracy if row["k"] == main_k)
+    header = ("data set", "device", "train x val x d", "embed s", "build s", "train search s", "val search s",
+              "train top-1", "val top-1", "val top-5", "k", "peak RSS MiB")
+    row = (Path(result.config["dataset"]).name or result.config["dataset"], result.device,
+           f"{result.n_train} x {result.n_val} x {result.d}",
+           f"{embed_seconds:.2f}" if any(n.startswith("embed") for n in result.stages) else "-",
+           seconds("build"), seconds("search_train"), seconds("search_val"),
+           f"{main['train_top1']:.2%}", f"{main['val_top1']:.2%}", f"{main['val_top5']:.2%}", str(main_k),
+           f"{max(peaks) / 2**20:.0f}" if peaks else "-")
+    lines = [_aligned([header, row])]
+    sweep = [("k", "vote", "train top-1", "train top-5", "val top-1", "val top-5")]
+    sweep += [(str(r["k"]), r["vote"], f"{r['train_top1']:.2%}", f"{r['train_top5']:.2%}",
+               f"{r['val_top1']:.2%}", f"{r['val_top5']:.2%}") for r in result.accuracy]
+    lines += ["", "k sweep:", _aligned(sweep)]
+    return "\n".join(lines)
+
+
+def format_study_comparison(result: ExperimentResult, study_dataset: str) -> str:
+    """This run's figures next to the study's published rows for `study_dataset`, with ratios."""
+    if study_dataset not in STUDY_FIGURES:
+        raise ValueError(f"study dataset {study_dataset!r}: published figures exist for {sorted(STUDY_FIGURES)}")
+    ours = {name: stage["seconds"] for name, stage in result.stages.items()}
+    ours["embed"] = sum(ours.pop(n, 0.0) for n in ("embed_train", "embed_val")) or None
+    main = max(result.accuracy, key=lambda row: row["k"])
+    ours.update(train_top1=main["train_top1"], val_top1=main["val_top1"])
+    lines = [f"study ({study_dataset}, DINO ViT-S/16, Flat, k=20 weighted) vs this run "
+             f"({result.n_train} train x {result.n_val} val x {result.d}-d, {result.device}, k={main['k']}):"]
+    table = [("figure", "study device", "study", "this run", "this / study")]
+    for device, figures in STUDY_FIGURES[study_dataset].items():
+        for name in ("embed", "build", "search_train", "search_val", "train_top1", "val_top1"):
+            if name in figures and ours.get(name) is not None:
+                table.append((name, device, f"{figures[name]:g}", f"{ours[name]:.4g}", f"{ours[name] / figures[name]:.4g}"))
+    lines.append(_aligned(table))
+    study_n = STUDY_FIGURES[study_dataset]["gpu"]["n_train"]
+    lines.append(f"note: train search work grows as n_train^2 (leave-one-out over all train points): the study's "
+                 f"{study_n} train points are {(study_n / result.n_train) ** 2:.1f}x this run's work at equal d.")
+    return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
