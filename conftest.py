@@ -25,6 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "default: 'default' with --benchmark, else 'smoke'")
     group.addoption("--perf-device", default="cpu",
                     help="comma-separated devices to include, from cpu,cuda (cuda skips cleanly without a GPU)")
+    group.addoption("--no-perf-memory", action="store_true",
+                    help="skip the untimed memray memory pass that --benchmark runs after each timing")
+    group.addoption("--perf-memray-dir", default=None,
+                    help="keep each benchmark's memray capture here, and a flame graph HTML of the largest peak")
     group.addoption("--perf-threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for FAISS (OpenMP) and torch (default: the cores this process may use)")
 

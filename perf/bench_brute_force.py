@@ -3,5 +3,5 @@
 from bench_search import run_search_case
 
 
-def test_brute_force(benchmark, brute_force_case, device, data, indexes, threads):
-    run_search_case(benchmark, brute_force_case, device, data, indexes, threads, "brute-force")
+def test_brute_force(benchmark, brute_force_case, device, data, indexes, threads, pytestconfig):
+    run_search_case(benchmark, brute_force_case, device, data, indexes, threads, "brute-force", pytestconfig)

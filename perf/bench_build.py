@@ -2,14 +2,14 @@
 
 from embedsearch.device import resolve_device, synchronize
 from embedsearch.index import create_index
-from harness import median_seconds, record
+from harness import median_seconds, memory_pass, record, theoretical_index_bytes
 
 
 def rounds_for(n: int) -> int:
     return 5 if n <= 100_000 else 1
 
 
-def test_build_train(benchmark, train_case, device, data, threads):
+def test_build_train(benchmark, train_case, device, data, threads, pytestconfig):
     database, _ = data.search_data(train_case, 1)
 
     def fresh_index():
@@ -23,13 +23,14 @@ def test_build_train(benchmark, train_case, device, data, threads):
     benchmark.group = f"build-train n={train_case.n} d={train_case.d} {device}"
     index = benchmark.pedantic(train, setup=fresh_index, rounds=rounds_for(train_case.n))
     assert index.is_trained
+    memory_pass(benchmark, pytestconfig, lambda: train(fresh_index()[0][0]), device)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, stage="train", spec=train_case.spec, n=train_case.n, d=train_case.d,
            metric=train_case.metric, device=device, dtype="float32",
            **({"vectors_per_s": train_case.n / seconds} if seconds else {}))
 
 
-def test_build_add(benchmark, build_case, device, data, threads):
+def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
     database, _ = data.search_data(build_case, 1)
     index = create_index(build_case.spec, build_case.d, build_case.metric, device)
     if not index.is_trained:
@@ -46,7 +47,11 @@ def test_build_add(benchmark, build_case, device, data, threads):
     benchmark.group = f"build-add n={build_case.n} d={build_case.d} {device}"
     benchmark.pedantic(add, setup=emptied, rounds=rounds_for(build_case.n))
     assert index.ntotal == build_case.n
+    index_bytes = index.nbytes()
+    memory_pass(benchmark, pytestconfig, add, device, prepare=index.reset)
     seconds = median_seconds(benchmark)
+    theory = theoretical_index_bytes(build_case.spec, build_case.n, build_case.d)
     record(benchmark, threads, stage="add", spec=build_case.spec, n=build_case.n, d=build_case.d,
-           metric=build_case.metric, device=device, dtype="float32", index_bytes=index.nbytes(),
+           metric=build_case.metric, device=device, dtype="float32", index_bytes=index_bytes,
+           **({"theory_bytes": theory, "bytes_vs_theory": index_bytes / theory} if theory else {}),
            **({"vectors_per_s": build_case.n / seconds} if seconds else {}))

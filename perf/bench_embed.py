@@ -5,12 +5,12 @@ import torch
 
 from embedsearch.device import synchronize
 from embedsearch.embed import embed_images, load_model
-from harness import median_seconds, record
+from harness import median_seconds, memory_pass, record
 
 _models: dict[tuple[str, str], object] = {}
 
 
-def test_embed_throughput(benchmark, embed_case, device, threads):
+def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
     if embed_case.precision != "fp32" and device != "cuda":
         pytest.skip(f"precision {embed_case.precision} autocasts on cuda only")
     key = (embed_case.model, device)
@@ -30,6 +30,7 @@ def test_embed_throughput(benchmark, embed_case, device, threads):
     embeddings = benchmark(embed_batch)
     assert embeddings.shape == (embed_case.batch_size, model.embedding_dim)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(1, device=model.device), atol=1e-3)
+    memory_pass(benchmark, pytestconfig, embed_batch, device)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, model=embed_case.model, batch_size=embed_case.batch_size,
            precision=embed_case.precision, device=device, input_size=list(model.data_config["input_size"]),

@@ -4,12 +4,12 @@ import numpy as np
 
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
-from harness import median_seconds, record
+from harness import median_seconds, memory_pass, record
 
 NEIGHBORS_DEPTH = 100  # val neighbours are searched once at this depth; each case uses the first k
 
 
-def test_knn_classify(benchmark, knn_case, data, threads):
+def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
     split = data.split(knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes)
     shape = (knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes)
     neighbor_similarities, neighbor_ids = data.val_neighbors(shape, split, NEIGHBORS_DEPTH)
@@ -21,13 +21,14 @@ def test_knn_classify(benchmark, knn_case, data, threads):
     benchmark.group = f"knn n={knn_case.n_train} val={knn_case.n_val} d={knn_case.d} classes={knn_case.n_classes}"
     scores = benchmark(classify)
     accuracy = topk_accuracy(scores, split.val_labels)
+    memory_pass(benchmark, pytestconfig, classify)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, n=knn_case.n_train, nq=knn_case.n_val, d=knn_case.d, classes=knn_case.n_classes,
            k=knn_case.k, vote=knn_case.vote, top1=accuracy[1], top5=accuracy[5],
            **({"queries_per_s": knn_case.n_val / seconds} if seconds else {}))
 
 
-def test_leave_one_out(benchmark, leave_one_out_case, data, threads):
+def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfig):
     case = leave_one_out_case
     split = data.split(case.n_train, case.n_val, case.d, case.n_classes)
     index = build_index("Flat", split.train_vectors, "ip")
@@ -40,6 +41,7 @@ def test_leave_one_out(benchmark, leave_one_out_case, data, threads):
     ids, scores = benchmark(classify_train)
     assert not (ids == np.arange(case.n_train)[:, None]).any()
     accuracy = topk_accuracy(scores, split.train_labels)
+    memory_pass(benchmark, pytestconfig, classify_train)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, spec="Flat", n=case.n_train, nq=case.n_train, d=case.d, classes=case.n_classes,
            k=case.k, vote=case.vote, top1=accuracy[1], top5=accuracy[5],

@@ -4,12 +4,12 @@ import numpy as np
 
 from embedsearch.index import TORCH_SPEC
 from embedsearch.metrics import exact_search_gflops, recall_at_k
-from harness import median_seconds, record
+from harness import median_seconds, memory_pass, record
 
 EXACT_SPECS = ("Flat", TORCH_SPEC)
 
 
-def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str) -> None:
+def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str, config) -> None:
     """Time one search case and record queries/s, GFLOP/s (exact) and recall@k against ground truth."""
     index = indexes.get(case.index, device, case.nq)
     index.set_search_params(**dict(case.params))
@@ -22,6 +22,7 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     exact = case.index.spec in EXACT_SPECS
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)
+    memory_pass(benchmark, config, lambda: index.search(queries, case.k), device)
     seconds = median_seconds(benchmark)
     figures = {}
     if seconds:
@@ -33,5 +34,5 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
            recall=recall, index_bytes=index.nbytes(), **figures)
 
 
-def test_search(benchmark, search_case, device, data, indexes, threads):
-    run_search_case(benchmark, search_case, device, data, indexes, threads, "search")
+def test_search(benchmark, search_case, device, data, indexes, threads, pytestconfig):
+    run_search_case(benchmark, search_case, device, data, indexes, threads, "search", pytestconfig)

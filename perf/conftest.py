@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import faiss
 import pytest
 import torch
@@ -69,3 +73,19 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is not None and not session.disabled and session.benchmarks:
         print_summary(terminalreporter, session.benchmarks, tier_name(config))
+        if config.getoption("perf_memray_dir"):
+            write_worst_flamegraph(terminalreporter, session.benchmarks, Path(config.getoption("perf_memray_dir")))
+
+
+def write_worst_flamegraph(reporter, benchmarks, folder: Path) -> None:
+    """Render memray's flame graph HTML of the benchmark with the largest peak."""
+    captured = [b for b in benchmarks if "memray_capture" in b.extra_info]
+    if not captured:
+        return
+    worst = max(captured, key=lambda b: b.extra_info["peak_bytes"])
+    html = folder / "worst-peak-flamegraph.html"
+    html.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "-o", str(html), worst.extra_info["memray_capture"]],
+                   check=True, capture_output=True)
+    reporter.write_line(f"memray captures: {folder}/*.bin; flame graph of the largest peak "
+                        f"({worst.name}, {worst.extra_info['peak_bytes'] / 2**20:.1f} MiB): {html}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -15,6 +17,7 @@ import embedsearch
 from embedsearch.data import EmbeddingSplit, clustered_embeddings
 from embedsearch.index import Index, build_index
 from embedsearch.knn import similarities
+from embedsearch.memory import profile_memory
 from tiers import IndexCase
 
 CACHE = Path(os.environ.get("EMBEDSEARCH_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
@@ -30,6 +33,38 @@ def library_versions() -> dict[str, str]:
 def record(benchmark, threads: int, **figures) -> None:
     """Store a benchmark's parameters and derived figures, with threads and library versions."""
     benchmark.extra_info.update(figures, threads=threads, versions=library_versions())
+
+
+def memory_pass(benchmark, config, operation: Callable[[], object], device: str = "cpu",
+                prepare: Callable[[], object] | None = None) -> None:
+    """After timing, run `operation` once more untimed under memray and store its peak bytes.
+
+    Runs with --benchmark unless --no-perf-memory. A first untimed call warms up one-time pools
+    (BLAS buffers, thread pools) so they are not charged to the operation. `prepare` runs
+    before each call (e.g. emptying an index before an add).
+    """
+    if not config.getoption("benchmark") or config.getoption("no_perf_memory"):
+        return
+    prepare = prepare or (lambda: None)
+    prepare()
+    operation()
+    prepare()
+    folder = config.getoption("perf_memray_dir")
+    capture = Path(folder) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark.name) + ".bin") if folder else None
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    def run_discarding_result() -> None:
+        operation()
+
+    _, profile = profile_memory(run_discarding_result, capture)
+    benchmark.extra_info["peak_bytes"] = profile.peak_bytes
+    if capture is not None:
+        benchmark.extra_info["memray_capture"] = str(capture)
+    if cuda:
+        torch.cuda.synchronize()
+        benchmark.extra_info["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
 
 
 def median_seconds(benchmark) -> float | None:
@@ -113,3 +148,20 @@ class IndexCache:
             self.index = build_index(case.spec, database, case.metric, device)
             self.key = key
         return self.index
+
+
+def theoretical_index_bytes(spec: str, n: int, d: int) -> int | None:
+    """Bytes the stored vectors should take: Flat 4d, HNSW{M} 4d + 8M, IVF lists + 8-byte ids, PQ m*nbits/8.
+
+    Coarse centroids (IVF: 4 * nlist * d) are included; PQ codebooks are not. None for other specs.
+    """
+    if spec in ("Flat", "TorchFlat"):
+        return 4 * d * n
+    if match := re.fullmatch(r"HNSW(\d+)", spec):
+        return n * (4 * d + 8 * int(match.group(1)))
+    if match := re.fullmatch(r"IVF(\d+),Flat", spec):
+        return n * (4 * d + 8) + 4 * int(match.group(1)) * d
+    if match := re.fullmatch(r"IVF(\d+),PQ(\d+)(?:x(\d+))?(?:fs)?", spec):
+        nlist, m, nbits = int(match.group(1)), int(match.group(2)), int(match.group(3) or 8)
+        return n * (m * nbits // 8 + 8) + 4 * nlist * d
+    return None

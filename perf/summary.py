@@ -11,12 +11,15 @@ FIGURES = (  # extra_info key, column title, format
     ("recall", "recall@k", "{:.4f}"),
     ("top1", "top-1", "{:.4f}"),
     ("index_bytes", "index MiB", None),
+    ("bytes_vs_theory", "bytes/theory", "{:.3f}"),
+    ("peak_bytes", "peak MiB", None),
+    ("gpu_peak_bytes", "GPU peak MiB", None),
     ("overhead", "overhead", "{:+.2%}"),
 )
 
 
 def _format(key: str, value, pattern: str | None) -> str:
-    if key == "index_bytes":
+    if key in ("index_bytes", "peak_bytes", "gpu_peak_bytes"):
         return f"{value / 2**20:.2f}"
     return pattern.format(value) if isinstance(value, (int, float)) else str(value)
 

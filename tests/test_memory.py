@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from embedsearch.data import clustered_embeddings
+from embedsearch.index import TORCH_SPEC, build_index
+from embedsearch.memory import exact_search_model_bytes, measure_stage, profile_memory
+
+N, D, NQ, K = 50_000, 128, 1000, 10
+LEAK_BUDGET_BYTES = 64 * 2**10  # for 10 repeated calls: far below one leaked result or query copy
+
+
+@pytest.fixture(scope="module")
+def split():
+    return clustered_embeddings(N, NQ, D, 50, seed=0)
+
+
+def test_memray_sees_native_faiss_and_torch_allocations(split):
+    index, profile = profile_memory(lambda: build_index("Flat", split.train_vectors))
+    assert profile.peak_bytes >= 4 * N * D  # the index's own copy of the vectors, allocated in C++
+    _, profile = profile_memory(lambda: torch.ones(N, D))
+    assert profile.peak_bytes >= 4 * N * D  # torch's cpu allocator
+
+
+@pytest.fixture(scope="module", params=["Flat", TORCH_SPEC])
+def warm_index(request, split):
+    index = build_index(request.param, split.train_vectors, "ip")
+    index.search(split.val_vectors, K)  # warm-up: BLAS and thread pools are allocated once per process
+    return index
+
+
+def test_exact_search_stays_within_its_memory_model(warm_index, split):
+    budget = exact_search_model_bytes(warm_index, NQ, K)
+    _, profile = profile_memory(lambda: warm_index.search(split.val_vectors, K) and None)
+    assert profile.peak_bytes <= budget
+
+
+def test_memory_budget_catches_one_extra_copy_of_the_database(warm_index, split):
+    budget = exact_search_model_bytes(warm_index, NQ, K)
+
+    def search_with_a_planted_copy():
+        planted = split.train_vectors.copy()
+        warm_index.search(split.val_vectors, K)
+        del planted
+
+    _, profile = profile_memory(search_with_a_planted_copy)
+    assert profile.peak_bytes > budget
+
+
+def test_repeated_search_does_not_leak(warm_index, split):
+    _, profile = profile_memory(lambda: [warm_index.search(split.val_vectors, K) for _ in range(10)] and None)
+    assert profile.leaked_bytes <= LEAK_BUDGET_BYTES
+
+
+def test_leak_check_catches_a_planted_leak(warm_index, split):
+    kept = []
+
+    def leaky_search():
+        distances, ids = warm_index.search(split.val_vectors, K)
+        kept.append(ids)  # planted: every call keeps its results alive
+
+    _, profile = profile_memory(lambda: [leaky_search() for _ in range(10)] and None)
+    assert profile.leaked_bytes >= 10 * 8 * NQ * K > LEAK_BUDGET_BYTES
+
+
+def test_repeated_embedding_batches_do_not_leak():
+    from embedsearch.embed import embed_images, load_model
+
+    model = load_model("test_vit", weights="random")
+    images = torch.randn(8, *model.data_config["input_size"])
+    embed_images(model, images)
+    _, profile = profile_memory(lambda: [embed_images(model, images) for _ in range(10)] and None)
+    assert profile.leaked_bytes <= LEAK_BUDGET_BYTES
+
+
+def test_profile_keeps_a_capture_file_on_request(tmp_path):
+    capture = tmp_path / "run" / "capture.bin"
+    _, profile = profile_memory(lambda: float(np.ones(1_000_000).sum()), capture=capture)
+    assert profile.capture == capture and capture.stat().st_size > 0
+    assert profile.peak_bytes >= 8_000_000 > profile.leaked_bytes  # the array was freed inside the call
+
+
+def test_measure_stage_reports_seconds_and_peak_rss():
+    with measure_stage(torch.device("cpu")) as stage:
+        block = np.ones(50_000_000 // 8)
+        block[::512] = 2.0
+        del block
+    assert stage.seconds > 0 and stage.gpu_peak_bytes is None
+    if stage.peak_rss_bytes is not None:
+        assert stage.peak_rss_bytes >= 50_000_000
