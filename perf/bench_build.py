@@ -2,11 +2,17 @@
 
 from embedsearch.device import resolve_device, synchronize
 from embedsearch.index import create_index
+from embedsearch.memory import build_model_bytes
 from harness import median_seconds, memory_pass, record, theoretical_index_bytes
 
 
 def rounds_for(n: int) -> int:
     return 5 if n <= 100_000 else 1
+
+
+def host_model_bytes(case, stage: str, device: str) -> int | None:
+    """The stated memory model of a build stage on cpu (None on cuda or for unmodelled specs)."""
+    return build_model_bytes(case.spec, stage, case.n, case.d, case.metric) if device == "cpu" else None
 
 
 def test_build_train(benchmark, train_case, device, data, threads, pytestconfig):
@@ -23,7 +29,8 @@ def test_build_train(benchmark, train_case, device, data, threads, pytestconfig)
     benchmark.group = f"build-train n={train_case.n} d={train_case.d} {device}"
     index = benchmark.pedantic(train, setup=fresh_index, rounds=rounds_for(train_case.n))
     assert index.is_trained
-    memory_pass(benchmark, pytestconfig, lambda: train(fresh_index()[0][0]), device)
+    memory_pass(benchmark, pytestconfig, lambda: train(fresh_index()[0][0]), device,
+                model_bytes=host_model_bytes(train_case, "train", device))
     seconds = median_seconds(benchmark)
     record(benchmark, threads, stage="train", spec=train_case.spec, n=train_case.n, d=train_case.d,
            metric=train_case.metric, device=device, dtype="float32",
@@ -37,7 +44,7 @@ def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
         index.train(database)  # training is timed by test_build_train
 
     def emptied():
-        index.reset()
+        index.reset()  # releases the vectors' memory, so every round allocates afresh
         return (), {}
 
     def add():
@@ -48,7 +55,8 @@ def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
     benchmark.pedantic(add, setup=emptied, rounds=rounds_for(build_case.n))
     assert index.ntotal == build_case.n
     index_bytes = index.nbytes()
-    memory_pass(benchmark, pytestconfig, add, device, prepare=index.reset)
+    memory_pass(benchmark, pytestconfig, add, device, prepare=index.reset,
+                model_bytes=host_model_bytes(build_case, "add", device))
     seconds = median_seconds(benchmark)
     theory = theoretical_index_bytes(build_case.spec, build_case.n, build_case.d)
     record(benchmark, threads, stage="add", spec=build_case.spec, n=build_case.n, d=build_case.d,

@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from embedsearch.device import synchronize
 from embedsearch.embed import embed_images, load_model
+from embedsearch.memory import vit_embedding_model_bytes
 from harness import median_seconds, memory_pass, record
 
 _models: dict[tuple[str, str], object] = {}
@@ -30,7 +32,9 @@ def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
     embeddings = benchmark(embed_batch)
     assert embeddings.shape == (embed_case.batch_size, model.embedding_dim)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(1, device=model.device), atol=1e-3)
-    memory_pass(benchmark, pytestconfig, embed_batch, device)
+    modelled = device == "cpu" and embed_case.precision == "fp32" and isinstance(model.model, VisionTransformer)
+    memory_pass(benchmark, pytestconfig, embed_batch, device,
+                model_bytes=vit_embedding_model_bytes(model, embed_case.batch_size) if modelled else None)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, model=embed_case.model, batch_size=embed_case.batch_size,
            precision=embed_case.precision, device=device, input_size=list(model.data_config["input_size"]),

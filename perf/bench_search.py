@@ -3,6 +3,7 @@
 import numpy as np
 
 from embedsearch.index import TORCH_SPEC
+from embedsearch.memory import exact_search_model_bytes
 from embedsearch.metrics import exact_search_gflops, recall_at_k
 from harness import median_seconds, memory_pass, record
 
@@ -22,7 +23,8 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     exact = case.index.spec in EXACT_SPECS
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)
-    memory_pass(benchmark, config, lambda: index.search(queries, case.k), device)
+    memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
+                model_bytes=exact_search_model_bytes(index, case.nq, case.k) if exact and device == "cpu" else None)
     seconds = median_seconds(benchmark)
     figures = {}
     if seconds:

@@ -36,12 +36,13 @@ def record(benchmark, threads: int, **figures) -> None:
 
 
 def memory_pass(benchmark, config, operation: Callable[[], object], device: str = "cpu",
-                prepare: Callable[[], object] | None = None) -> None:
+                prepare: Callable[[], object] | None = None, model_bytes: int | None = None) -> None:
     """After timing, run `operation` once more untimed under memray and store its peak bytes.
 
     Runs with --benchmark unless --no-perf-memory. A first untimed call warms up one-time pools
     (BLAS buffers, thread pools) so they are not charged to the operation. `prepare` runs
-    before each call (e.g. emptying an index before an add).
+    before each call (e.g. emptying an index before an add). `model_bytes`, the stated memory
+    model of the operation (embedsearch.memory), is stored with peak / model.
     """
     if not config.getoption("benchmark") or config.getoption("no_perf_memory"):
         return
@@ -60,6 +61,8 @@ def memory_pass(benchmark, config, operation: Callable[[], object], device: str 
 
     _, profile = profile_memory(run_discarding_result, capture)
     benchmark.extra_info["peak_bytes"] = profile.peak_bytes
+    if model_bytes is not None:
+        benchmark.extra_info.update(model_bytes=model_bytes, peak_vs_model=profile.peak_bytes / model_bytes)
     if capture is not None:
         benchmark.extra_info["memray_capture"] = str(capture)
     if cuda:

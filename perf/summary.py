@@ -13,6 +13,7 @@ FIGURES = (  # extra_info key, column title, format
     ("index_bytes", "index MiB", None),
     ("bytes_vs_theory", "bytes/theory", "{:.3f}"),
     ("peak_bytes", "peak MiB", None),
+    ("peak_vs_model", "peak/model", "{:.3f}"),
     ("gpu_peak_bytes", "GPU peak MiB", None),
     ("overhead", "overhead", "{:+.2%}"),
 )

@@ -8,6 +8,7 @@ from hypothesis.extra.numpy import arrays
 
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import TORCH_SPEC, FaissIndex, TorchFlatIndex, build_index, create_index
+from embedsearch.memory import profile_memory
 from embedsearch.metrics import recall_at_k
 
 EXACT_SPECS = ("Flat", TORCH_SPEC)
@@ -77,7 +78,7 @@ def test_torch_blocking_does_not_change_results(query_block, database_block):
     index.add(split.train_vectors[:100])
     index.add(split.train_vectors[100:])
     distances, ids = index.search(split.val_vectors, 9)
-    assert index.block_bytes == 4 * query_block * database_block
+    assert index.score_buffer_bytes(37) == 4 * min(query_block, 37) * min(database_block, 203)
     assert_exact_search(split.train_vectors, split.val_vectors, 9, "l2", distances, ids)
 
 
@@ -104,14 +105,37 @@ def test_approximate_indexes_train_search_and_tune(spec, params, min_recall):
 
 
 @pytest.mark.parametrize("spec", ["IVF8,Flat", TORCH_SPEC])
-def test_reset_keeps_training_and_drops_vectors(spec):
+def test_reset_keeps_training_and_search_params_and_drops_vectors(spec):
     vectors = clustered_embeddings(500, 0, 16, 4, seed=0).train_vectors
     index = build_index(spec, vectors)
-    first = index.search(vectors[:5], 3)
+    if spec != TORCH_SPEC:
+        index.set_search_params(nprobe=2)
+    first = index.search(vectors[:50], 3)
     index.reset()
     assert index.ntotal == 0 and index.is_trained
     index.add(vectors)
-    np.testing.assert_array_equal(index.search(vectors[:5], 3)[1], first[1])
+    np.testing.assert_array_equal(index.search(vectors[:50], 3)[1], first[1])
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat", TORCH_SPEC])
+def test_reset_releases_vector_storage(spec):
+    # 20 MB of vectors: more than the 16 MiB BLAS block an IVF add allocates anyway
+    vectors = clustered_embeddings(20_000, 0, 256, 4, seed=0).train_vectors
+    index = build_index(spec, vectors)
+    index.reset()
+    _, profile = profile_memory(lambda: index.add(vectors))
+    assert profile.peak_bytes >= vectors.nbytes  # storage is allocated afresh, not reused
+
+
+def test_torch_index_keeps_its_own_copy_of_added_vectors():
+    vectors = clustered_embeddings(200, 0, 16, 4, seed=0).train_vectors
+    index = build_index(TORCH_SPEC, vectors)
+    queries = vectors[:5].copy()
+    before = index.search(queries, 3)
+    vectors[:] = 0.0  # the caller reuses its buffer
+    after = index.search(queries, 3)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
 
 
 def test_nprobe_trades_recall():

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from embedsearch.data import clustered_embeddings
-from embedsearch.index import TORCH_SPEC, build_index
-from embedsearch.memory import exact_search_model_bytes, measure_stage, profile_memory
+from embedsearch.index import TORCH_SPEC, build_index, create_index
+from embedsearch.memory import (RUNTIME_ALLOWANCE_BYTES, build_model_bytes, exact_search_model_bytes, measure_stage,
+                                profile_memory, vit_embedding_model_bytes)
 
 N, D, NQ, K = 50_000, 128, 1000, 10
 LEAK_BUDGET_BYTES = 64 * 2**10  # for 10 repeated calls: far below one leaked result or query copy
@@ -29,9 +30,12 @@ def warm_index(request, split):
     return index
 
 
-def test_exact_search_stays_within_its_memory_model(warm_index, split):
-    budget = exact_search_model_bytes(warm_index, NQ, K)
-    _, profile = profile_memory(lambda: warm_index.search(split.val_vectors, K) and None)
+# FAISS: a SIMD loop below its BLAS threshold, BLAS blocks above, reservoirs instead of heaps for k >= 100
+@pytest.mark.parametrize("nq, k", [(10, K), (NQ, K), (NQ, 100)])
+def test_exact_search_stays_within_its_memory_model(warm_index, split, nq, k):
+    budget = exact_search_model_bytes(warm_index, nq, k)
+    warm_index.search(split.val_vectors[:nq], k)  # BLAS libraries keep per-shape pools from a first call
+    _, profile = profile_memory(lambda: warm_index.search(split.val_vectors[:nq], k) and None)
     assert profile.peak_bytes <= budget
 
 
@@ -88,3 +92,42 @@ def test_measure_stage_reports_seconds_and_peak_rss():
     assert stage.seconds > 0 and stage.gpu_peak_bytes is None
     if stage.peak_rss_bytes is not None:
         assert stage.peak_rss_bytes >= 50_000_000
+
+
+@pytest.mark.parametrize("spec", ["Flat", TORCH_SPEC, "IVF64,Flat"])
+def test_build_stays_within_its_memory_model(spec, split):
+    index = create_index(spec, D, "ip")
+    if not index.is_trained:
+        create_index(spec, D, "ip").train(split.train_vectors)  # warm-up of BLAS and thread pools
+        _, profile = profile_memory(lambda: index.train(split.train_vectors))
+        assert profile.peak_bytes <= build_model_bytes(spec, "train", N, D)
+    _, profile = profile_memory(lambda: index.add(split.train_vectors))
+    model = build_model_bytes(spec, "add", N, D)
+    assert 4 * N * D <= profile.peak_bytes <= model  # the stored vectors at least, the model at most
+
+
+def test_build_memory_model_is_stated_only_where_derived():
+    assert build_model_bytes("HNSW32", "add", N, D) is None
+    assert build_model_bytes("IVF64,PQ16", "train", N, D) is None
+    with pytest.raises(ValueError, match="stage='search'.*'train' or 'add'"):
+        build_model_bytes("Flat", "search", N, D)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_vit_embedding_stays_within_its_activation_model(batch_size):
+    from embedsearch.embed import embed_images, load_model
+
+    model = load_model("test_vit", weights="random")
+    images = torch.randn(batch_size, *model.data_config["input_size"])
+    embed_images(model, images)
+    _, profile = profile_memory(lambda: [embed_images(model, images)] and None)
+    budget = vit_embedding_model_bytes(model, batch_size)
+    # the model names what is alive at the peak: it holds without being loose
+    assert budget - RUNTIME_ALLOWANCE_BYTES <= profile.peak_bytes <= budget
+
+
+def test_vit_embedding_model_refuses_other_architectures():
+    from embedsearch.embed import load_model
+
+    with pytest.raises(ValueError, match="ResNet.*VisionTransformer"):
+        vit_embedding_model_bytes(load_model("test_resnet", weights="random"), 8)

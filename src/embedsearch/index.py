@@ -51,7 +51,7 @@ class Index(ABC):
 
     @abstractmethod
     def reset(self) -> None:
-        """Remove every vector, keeping what training learned."""
+        """Remove every vector and release its memory, keeping what training learned."""
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (distances float32 (nq, k), ids int64 (nq, k)) of the k nearest stored vectors."""
@@ -135,6 +135,10 @@ class FaissIndex(Index):
 
     def reset(self) -> None:
         self._index.reset()
+        if self.device.type == "cpu":
+            # FAISS's reset() keeps the vectors' capacity (std::vector::clear); a serialised round
+            # trip of the emptied index releases it and keeps training and search parameters.
+            self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.device.type == "cuda" and k > FAISS_GPU_MAX_K:
@@ -165,7 +169,7 @@ class TorchFlatIndex(Index):
     """Exact search by matrix product + top-k in torch, blocked over queries and database.
 
     A search allocates one score buffer of query_block x database_block float32 values
-    (`block_bytes`) and reuses it for every block, plus the per-block top-k candidates.
+    (`score_buffer_bytes(nq)`) and reuses it for every block, plus the per-block top-k candidates.
     """
 
     # Measured on 2 cpu cores (README): small blocks stay in cache; a GPU wants big matrix products.
@@ -182,32 +186,36 @@ class TorchFlatIndex(Index):
         self._vectors = torch.empty((0, d), dtype=torch.float32, device=device)
         self._half_norms = torch.empty((0,), dtype=torch.float32, device=device)
 
-    @property
-    def block_bytes(self) -> int:
-        """Bytes of the score buffer one search allocates."""
-        return 4 * self.query_block * self.database_block
+    def score_buffer_shape(self, nq: int) -> tuple[int, int]:
+        """(rows, columns) of the score buffer a search of nq queries allocates: blocks capped by the data."""
+        return min(self.query_block, nq), min(self.database_block, self.ntotal)
+
+    def score_buffer_bytes(self, nq: int) -> int:
+        """Bytes of the float32 score buffer a search of nq queries allocates."""
+        rows, columns = self.score_buffer_shape(nq)
+        return 4 * rows * columns
 
     @property
     def ntotal(self) -> int:
         return int(self._vectors.shape[0])
 
     def add(self, vectors: np.ndarray) -> None:
-        added = torch.from_numpy(as_vectors(vectors, "vectors", self.d)).to(self.device)
+        # A copy: the index must not change when the caller later writes to its array.
+        added = torch.from_numpy(as_vectors(vectors, "vectors", self.d)).to(self.device, copy=True)
         self._vectors = added if self.ntotal == 0 else torch.cat([self._vectors, added])
         if self.metric == "l2":
             half_norms = 0.5 * (added * added).sum(dim=1)
             self._half_norms = half_norms if self._half_norms.numel() == 0 else torch.cat([self._half_norms, half_norms])
 
     def reset(self) -> None:
-        self._vectors = self._vectors[:0]
-        self._half_norms = self._half_norms[:0]
+        self._vectors = torch.empty((0, self.d), dtype=torch.float32, device=self.device)
+        self._half_norms = torch.empty((0,), dtype=torch.float32, device=self.device)
 
     @torch.inference_mode()
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries_t = torch.from_numpy(queries).to(self.device)
         # One buffer for every block: a fresh allocation per block costs page faults on cpu.
-        buffer = torch.empty((min(self.query_block, len(queries_t)), min(self.database_block, self.ntotal)),
-                             dtype=torch.float32, device=self.device)
+        buffer = torch.empty(self.score_buffer_shape(len(queries_t)), dtype=torch.float32, device=self.device)
         all_distances, all_ids = [], []
         for q_start in range(0, queries_t.shape[0], self.query_block):
             block_queries = queries_t[q_start:q_start + self.query_block]

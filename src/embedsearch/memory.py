@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -98,23 +100,92 @@ def profile_memory(operation: Callable[[], Result], capture: str | Path | None =
 RUNTIME_ALLOWANCE_BYTES = 4 * 2**20
 
 
-def exact_search_model_bytes(index, nq: int, k: int) -> int:
-    """Bytes an exact search of `index` allocates beyond its inputs (database and queries exist).
+def faiss_blas_block_bytes(nq: int, d: int) -> int:
+    """Bytes of the float32 distance block a FAISS BLAS search of nq queries allocates (16 MiB by default).
 
-    FAISS Flat: results (float32 distances + int64 ids) and its BLAS distance block of
-    faiss.cvar.distance_compute_blas_query_bs x distance_compute_blas_database_bs float32.
-    TorchFlat: results, its score buffer (index.block_bytes) and the per-block top-k candidates
-    (12 bytes each, held twice while merged). Plus RUNTIME_ALLOWANCE_BYTES.
+    FAISS (1.15) searches by BLAS when nq·d >= distance_compute_blas_threshold (else by a SIMD
+    loop, with no block), in blocks of distance_compute_blas_query_bs queries x
+    distance_compute_blas_database_bs vectors, and allocates the whole block even for fewer.
     """
     import faiss
 
+    if nq * d < faiss.cvar.distance_compute_blas_threshold:
+        return 0
+    return 4 * faiss.cvar.distance_compute_blas_query_bs * faiss.cvar.distance_compute_blas_database_bs
+
+
+def exact_search_model_bytes(index, nq: int, k: int) -> int:
+    """Bytes an exact search of `index` allocates beyond its inputs (database and queries exist).
+
+    FAISS Flat: results (float32 distances + int64 ids), its BLAS distance block, if any, and
+    for k >= distance_compute_min_k_reservoir the per-query reservoirs of (2k + 15) & ~15
+    candidates (float32 + int64 each) that replace heaps for large k.
+    TorchFlat: results, its score buffer (index.score_buffer_bytes(nq)) and the per-block top-k candidates
+    (12 bytes each, held twice while merged). Plus RUNTIME_ALLOWANCE_BYTES.
+    """
     from .index import TorchFlatIndex
 
     results = 12 * nq * k
     if isinstance(index, TorchFlatIndex):
         blocks = -(-index.ntotal // index.database_block)
-        return results + index.block_bytes + 2 * 12 * nq * k * blocks + RUNTIME_ALLOWANCE_BYTES
+        return results + index.score_buffer_bytes(nq) + 2 * 12 * nq * k * blocks + RUNTIME_ALLOWANCE_BYTES
     if index.spec == "Flat":
-        block = 4 * faiss.cvar.distance_compute_blas_query_bs * faiss.cvar.distance_compute_blas_database_bs
-        return results + block + RUNTIME_ALLOWANCE_BYTES
+        import faiss
+
+        reservoirs = 12 * nq * ((2 * k + 15) & ~15) if k >= faiss.cvar.distance_compute_min_k_reservoir else 0
+        return results + reservoirs + faiss_blas_block_bytes(nq, index.d) + RUNTIME_ALLOWANCE_BYTES
     raise ValueError(f"index spec {index.spec!r}: the exact-search model covers 'Flat' and 'TorchFlat'")
+
+
+KMEANS_MAX_POINTS_PER_CENTROID = 256  # FAISS ClusteringParameters default: k-means subsamples above it
+
+
+def build_model_bytes(spec: str, stage: str, n: int, d: int, metric: str = "ip") -> int | None:
+    """Bytes training ("train") or filling a fresh index ("add") with n vectors allocates, or None.
+
+    Stated for exact indexes and IVF{nlist},Flat on cpu; None for other specs (HNSW, PQ).
+    - Flat add: the stored vectors, 4·n·d. TorchFlat add: its copy, 4·n·d, plus for l2 the
+      squared vectors (4·n·d) and half norms (4·n).
+    - IVF train (k-means on s = min(n, 256·nlist) points): the BLAS block of the coarse
+      quantizer's search, the centroids twice (k-means' own and the quantizer's), 12·s for the
+      assignment (int64 ids + float32 distances), and a 4·s·d subsample copy when s < n.
+    - IVF add: 12·n for the coarse assignment plus the larger of the BLAS block (assigning) and
+      the inverted lists, which grow by doubling so their capacity stays below 2·(4·d + 8)·n.
+    Plus RUNTIME_ALLOWANCE_BYTES.
+    """
+    if stage not in ("train", "add"):
+        raise ValueError(f"stage={stage!r}: expected 'train' or 'add'")
+    if spec == "Flat" and stage == "add":
+        return 4 * n * d + RUNTIME_ALLOWANCE_BYTES
+    if spec == "TorchFlat" and stage == "add":
+        return 4 * n * d + (4 * n * d + 4 * n if metric == "l2" else 0) + RUNTIME_ALLOWANCE_BYTES
+    match = re.fullmatch(r"IVF(\d+),Flat", spec)
+    if match is None:
+        return None
+    nlist = int(match.group(1))
+    if stage == "train":
+        sample = min(n, KMEANS_MAX_POINTS_PER_CENTROID * nlist)
+        subsample_copy = 4 * sample * d if sample < n else 0
+        return (faiss_blas_block_bytes(sample, d) + 2 * 4 * nlist * d + 12 * sample + subsample_copy
+                + RUNTIME_ALLOWANCE_BYTES)
+    return 12 * n + max(faiss_blas_block_bytes(n, d), 2 * (4 * d + 8) * n) + RUNTIME_ALLOWANCE_BYTES
+
+
+def vit_embedding_model_bytes(model, batch_size: int) -> int:
+    """Bytes embedding one fp32 batch with a timm VisionTransformer allocates (weights and input exist).
+
+    The peak falls in a block's MLP, where these are alive at once: the channels_last copy of
+    the input (3·H·W per image); per token, the stem's output (held by forward_features), the
+    block's input (held by nn.Sequential), the residual after attention and its LayerNorm
+    output (4 of embed_dim), and the MLP's hidden activations before and after GELU (2 of
+    hidden). Float32, plus RUNTIME_ALLOWANCE_BYTES.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    vit = model.model
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"model {type(vit).__name__}: the embedding memory model covers timm VisionTransformer")
+    tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+    hidden = vit.blocks[0].mlp.fc1.out_features
+    per_image = math.prod(model.data_config["input_size"]) + tokens * (4 * vit.embed_dim + 2 * hidden)
+    return 4 * batch_size * per_image + RUNTIME_ALLOWANCE_BYTES
