@@ -5,7 +5,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Subset
 
 from embedsearch.data import DigitsImages, image_folder
-from embedsearch.embed import embed_dataset, load_model
+from embedsearch.embed import embed_dataset, embed_images, load_model
 
 TEST_MODEL = "test_vit"  # timm's tiny test ViT (64-d), random weights: no download
 
@@ -27,6 +27,17 @@ def test_random_model_embeds_normalised_float32(model, digits):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
     raw = embed_dataset(model, digits, batch_size=7, normalize=False)
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), embeddings, atol=1e-5)
+
+
+def test_random_weights_are_reproducible_and_leave_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("test_vit", weights="random")
+    assert torch.equal(torch.rand(1), expected_next)
+    second = load_model("test_vit", weights="random")
+    images = torch.randn(4, *first.data_config["input_size"])
+    assert torch.equal(embed_images(first, images), embed_images(second, images))
 
 
 def test_batch_size_does_not_change_embeddings(model, digits):

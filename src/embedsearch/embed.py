@@ -42,12 +42,17 @@ class EmbeddingModel:
         return timm.data.create_transform(**self.data_config, is_training=False)
 
 
+RANDOM_WEIGHTS_SEED = 0  # "random" weights are reproducible: runs compare
+
+
 def load_model(name: str = DEFAULT_MODEL, weights: str | Path = "pretrained", device: str = "cpu",
                channels_last: bool = True, **model_kwargs) -> EmbeddingModel:
     """Return `name` from timm with num_classes=0 and weights "pretrained", "random" or a local file.
 
     "pretrained" uses timm's own mechanism (Hugging Face hub or its cache) and fails loudly when
-    the weights cannot be had; nothing falls back to random weights silently.
+    the weights cannot be had; nothing falls back to random weights silently. "random" weights
+    are drawn with the fixed seed RANDOM_WEIGHTS_SEED, so runs (and their accuracy) are comparable;
+    the caller's torch random state is left as it was.
     """
     if not isinstance(name, str) or not timm.is_model(name):
         architecture = str(name).split(".")[0]
@@ -68,7 +73,9 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | Path = "pretrained", de
             )
         source = f"file:{checkpoint}"
     try:
-        model = timm.create_model(name, pretrained=source == "pretrained", num_classes=0, **model_kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = timm.create_model(name, pretrained=source == "pretrained", num_classes=0, **model_kwargs)
     except (OSError, RuntimeError) as error:
         if source != "pretrained":
             raise
