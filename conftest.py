@@ -2,7 +2,8 @@
 
 `pytest` runs the unit tests and every benchmark once, untimed (pytest-benchmark disabled), on
 the smoke grid. `pytest --benchmark` runs the benchmarks only, timed, on the default grid, and
-saves the run. pytest-benchmark's own --benchmark-* options keep working in both.
+saves the run (or writes --benchmark-json instead). --perf-gate gates it against a baseline.
+pytest-benchmark's own --benchmark-* options keep working in both.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep each benchmark's memray capture here, and a flame graph HTML of the largest peak")
     group.addoption("--perf-threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for FAISS (OpenMP) and torch (default: the cores this process may use)")
+    group.addoption("--perf-gate", default=None, metavar="BASELINE",
+                    help="after the run, gate it against BASELINE (a saved run file, or the newest in a folder): "
+                         "suspect timings are rerun once, and a confirmed regression fails the session")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -42,11 +46,27 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--perf-device={config.getoption('perf_device')!r}: expected a comma list from {DEVICES}")
     if config.getoption("perf_threads") < 1:
         raise pytest.UsageError(f"--perf-threads={config.getoption('perf_threads')}: expected a positive integer")
+    # The suite saves runs itself (perf/conftest.py: atomic, numbered, rounds included), so
+    # pytest-benchmark's own autosave/--benchmark-save are taken over.
+    config.option.perf_save_name = None
     if config.getoption("benchmark"):
-        if not (config.getoption("benchmark_save") or config.getoption("benchmark_json")):
-            config.option.benchmark_autosave = True
+        if config.getoption("benchmark_save"):
+            config.option.perf_save_name = config.getoption("benchmark_save")
+        elif not config.getoption("benchmark_json"):
+            config.option.perf_save_name = "autosave"
+        config.option.benchmark_save = None
+        config.option.benchmark_autosave = False
+        if config.getoption("perf_gate"):
+            from embedsearch.baseline import latest_run
+
+            try:
+                latest_run(config.getoption("perf_gate"))
+            except (ValueError, FileNotFoundError) as error:
+                raise pytest.UsageError(f"--perf-gate={config.getoption('perf_gate')}: {error}") from None
     else:
         config.option.benchmark_disable = True
+        if config.getoption("perf_gate"):
+            raise pytest.UsageError("--perf-gate needs --benchmark: only a timed run can be gated")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

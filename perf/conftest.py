@@ -9,17 +9,20 @@ from pathlib import Path
 import faiss
 import pytest
 import torch
+from pytest_benchmark.utils import get_tag
 
+from embedsearch.baseline import Run, format_report, gate, latest_run, save_run, scaling_exponents
 from embedsearch.index import create_index
-from harness import CACHE, DataCache, IndexCache
+from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
 from summary import print_summary
 from tiers import TIERS, Tier
 
 CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "embed_case": "embed", "build_case": "build", "train_case": "build", "search_case": "search",
     "brute_force_case": "brute_force", "knn_case": "knn", "leave_one_out_case": "leave_one_out",
-    "end_to_end_case": "end_to_end",
+    "end_to_end_case": "end_to_end", "scaling_case": "scaling",
 }
+CALIBRATION = {"test_matmul_gflops": ("gflops", "matmul_gflops"), "test_copy_bandwidth": ("bandwidth_gbs", "copy_gbs")}
 
 
 def tier_name(config: pytest.Config) -> str:
@@ -59,6 +62,15 @@ def threads(pytestconfig: pytest.Config) -> int:
     return count
 
 
+@pytest.fixture
+def benchmark(benchmark, request: pytest.FixtureRequest):
+    """pytest-benchmark's fixture; with $EMBEDSEARCH_PLANTED_SLOWDOWN, every timed call but calibration is slowed."""
+    fraction = planted_slowdown()
+    if fraction and request.node.path.name != "bench_calibration.py":
+        return slow_down(benchmark, fraction)
+    return benchmark
+
+
 @pytest.fixture(scope="session")
 def data() -> DataCache:
     return DataCache(CACHE)
@@ -67,6 +79,59 @@ def data() -> DataCache:
 @pytest.fixture(scope="session")
 def indexes(data: DataCache) -> IndexCache:
     return IndexCache(data)
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    """Add the machine's calibration figures and the suite's own record (tier, scaling exponents)."""
+    calibration = {}
+    for bench in output_json["benchmarks"]:
+        function = bench["name"].split("[")[0]
+        if function in CALIBRATION and CALIBRATION[function][0] in bench["extra_info"]:
+            key, name = CALIBRATION[function]
+            calibration[name] = bench["extra_info"][key]
+    output_json["machine_info"]["calibration"] = calibration
+    output_json["embedsearch"] = {
+        "tier": tier_name(config), "threads": config.getoption("perf_threads"),
+        "devices": [name.strip() for name in config.getoption("perf_device").split(",") if name.strip()],
+        "rootdir": str(config.rootpath), "planted_slowdown": planted_slowdown(),
+        "scaling": scaling_exponents(output_json["benchmarks"]),
+    }
+
+
+def run_json(config: pytest.Config, session) -> dict:
+    """This run as pytest-benchmark JSON, every round included, through the same hooks its own saving uses."""
+    machine_info = session.get_machine_info()
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output_json = config.hook.pytest_benchmark_generate_json(
+        config=config, benchmarks=session.benchmarks, include_data=True, machine_info=machine_info,
+        commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=session.benchmarks, output_json=output_json)
+    return output_json
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Save the run atomically and, with --perf-gate, gate it; a confirmed regression fails the session."""
+    config = session.config
+    benchmark_session = getattr(config, "_benchmarksession", None)
+    if benchmark_session is None or benchmark_session.disabled or not benchmark_session.benchmarks:
+        return
+    save_name = config.getoption("perf_save_name", None)
+    baseline = config.getoption("perf_gate")
+    if not (save_name or baseline):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    run = Run(run_json(config, benchmark_session))
+    if save_name:
+        name = get_tag() if save_name == "autosave" else save_name
+        run.path = save_run(run.data, benchmark_session.storage.get(""), name)
+        reporter.write_line(f"saved run: {run.path}")
+    if baseline:
+        report = gate(latest_run(baseline), run)
+        reporter.write_sep("-", f"embedsearch gate against {baseline}")
+        reporter.write_line(format_report(report))
+        if report.regressions and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:

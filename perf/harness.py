@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +13,7 @@ import faiss
 import numpy as np
 import timm
 import torch
+from pytest_benchmark.fixture import BenchmarkFixture
 
 import embedsearch
 from embedsearch.data import EmbeddingSplit, clustered_embeddings
@@ -23,6 +25,53 @@ from tiers import IndexCase
 CACHE = Path(os.environ.get("EMBEDSEARCH_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
 N_CLASSES = 200  # the study's Tiny ImageNet class count, for every search data set
 GROUND_TRUTH_K = 100  # ground truth is computed once at this depth and sliced for smaller k
+
+
+def planted_slowdown() -> float:
+    """The extra work to plant in every timed call, as a fraction of its time ($EMBEDSEARCH_PLANTED_SLOWDOWN).
+
+    For measuring the gate only (tools/measure_gate.py): the library is never touched.
+    """
+    text = os.environ.get("EMBEDSEARCH_PLANTED_SLOWDOWN", "0")
+    try:
+        fraction = float(text)
+    except ValueError:
+        fraction = -1.0
+    if not 0 <= fraction <= 10:
+        raise ValueError(f"EMBEDSEARCH_PLANTED_SLOWDOWN={text!r}: expected a fraction between 0 and 10, e.g. 0.25")
+    return fraction
+
+
+def slowed(function: Callable, fraction: float) -> Callable:
+    """`function`, followed by busy work lasting `fraction` of the time it took: a (1 + fraction) x slowdown."""
+    def run(*args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        end = time.perf_counter()
+        until = end + fraction * (end - start)
+        while time.perf_counter() < until:
+            pass
+        return result
+    return run
+
+
+class SlowedBenchmark(BenchmarkFixture):
+    """pytest-benchmark's fixture whose timed calls are slowed by `slowed`; given by `slow_down`."""
+
+    planted_fraction = 0.0
+
+    def __call__(self, function, *args, **kwargs):
+        return super().__call__(slowed(function, self.planted_fraction), *args, **kwargs)
+
+    def pedantic(self, target, *args, **kwargs):
+        return super().pedantic(slowed(target, self.planted_fraction), *args, **kwargs)
+
+
+def slow_down(benchmark: BenchmarkFixture, fraction: float) -> BenchmarkFixture:
+    """Make every timed call of this fixture (1 + fraction) x slower (pytest-benchmark checks its type)."""
+    benchmark.__class__ = SlowedBenchmark
+    benchmark.planted_fraction = fraction
+    return benchmark
 
 
 def library_versions() -> dict[str, str]:

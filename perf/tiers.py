@@ -66,6 +66,7 @@ class Tier:
     knn: list[KnnCase]
     leave_one_out: list[KnnCase]
     end_to_end: list[dict] = field(default_factory=list)  # digits through a timm model: model, k
+    scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
 
 
 def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
@@ -94,6 +95,12 @@ def build_grid(sizes: list[tuple[int, int]]) -> list[IndexCase]:
     return [IndexCase(spec, n, d) for n, d in sizes for spec in ("Flat", "TorchFlat", *approximate_specs(n, d))]
 
 
+def scaling_grid(sizes: list[int], d: int, nq: int, nlist: int, nprobe: int) -> list[SearchCase]:
+    """Exact and IVF search at each n, everything else fixed, to fit the exponent of time vs n."""
+    specs = (("Flat", ()), ("TorchFlat", ()), (f"IVF{nlist},Flat", (("nprobe", nprobe),)))
+    return [SearchCase(IndexCase(spec, n, d), 10, nq, params) for spec, params in specs for n in sizes]
+
+
 def knn_grid(shape: tuple[int, int, int, int], ks: list[int]) -> list[KnnCase]:
     return [KnnCase(*shape, k, vote) for k in ks for vote in ("majority", "weighted")]
 
@@ -107,6 +114,7 @@ TIERS: dict[str, Tier] = {
         knn=knn_grid((5_000, 500, 64, 20), [10]),
         leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted")],
         end_to_end=[dict(model="test_vit", k=10)],
+        scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
     ),
     "default": Tier(
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32)],
@@ -117,6 +125,7 @@ TIERS: dict[str, Tier] = {
         knn=knn_grid((20_000, 2_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted")],
         end_to_end=[dict(model="test_vit", k=10)],
+        scaling=scaling_grid([12_500, 25_000, 50_000, 100_000], 128, nq=1000, nlist=256, nprobe=16),
     ),
     "full": Tier(
         embed=[EmbedCase(model, batch, precision)
@@ -130,5 +139,6 @@ TIERS: dict[str, Tier] = {
         knn=knn_grid((100_000, 10_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted")],
         end_to_end=[dict(model="vit_small_patch16_224.dino", k=20)],
+        scaling=scaling_grid([160_000, 320_000, 640_000, 1_281_167], 384, nq=10_000, nlist=4096, nprobe=64),
     ),
 }

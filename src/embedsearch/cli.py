@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .baseline import Thresholds, format_report, gate, latest_run, load_runs, rerun_suite
 from .data import clustered_embeddings
 from .embed import PRECISIONS
 from .experiment import (STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
@@ -69,6 +70,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate_command(args: argparse.Namespace) -> int:
+    """Gate a saved run against a baseline: exit 1 on a regression, 0 otherwise."""
+    if not 0 <= args.min_effect < 10:
+        raise ValueError(f"--min-effect={args.min_effect}: expected a fraction such as 0.10")
+    baseline, current = latest_run(args.baseline), latest_run(args.run)
+    print(f"baseline: {baseline.label} ({baseline.commit}, {baseline.datetime[:19]})")
+    print(f"current:  {current.label} ({current.commit}, {current.datetime[:19]})")
+    report = gate(baseline, current, Thresholds(min_effect=args.min_effect), None if args.no_rerun else rerun_suite)
+    print(format_report(report, show_all=args.all))
+    return 1 if report.regressions else 0
+
+
+def history_command(args: argparse.Namespace) -> int:
+    """Print every saved run's series per benchmark with step changes; write plots and an HTML report."""
+    from .report import history_table, step_changes, write_report
+
+    runs = load_runs(args.runs)
+    if not runs:
+        raise ValueError(f"{', '.join(map(str, args.runs))}: no readable saved runs")
+    print(f"{len(runs)} runs, oldest first")
+    print(history_table(runs, step_changes(runs)))
+    for path in write_report(runs, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the `embedsearch` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="embedsearch", description=__doc__)
@@ -113,6 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--compare-study", nargs="?", const="imagenet", choices=sorted(STUDY_FIGURES),
                             help="print the study's published figures next to this run's, with ratios")
     run_parser.set_defaults(handler=run)
+
+    gate_parser = commands.add_parser(
+        "gate", help="compare a saved run with a baseline; exit 1 only on a regression it can stand behind",
+        description="Time: bootstrap interval of the ratio of medians above 1 and the ratio above 1 + "
+                    "--min-effect, confirmed by one rerun of the suspects; normalised by the matmul calibration "
+                    "when the machines differ. Peak memory, index bytes, recall, accuracy and scaling exponents: "
+                    "tight tolerances.")
+    gate_parser.add_argument("run", nargs="?", default=".benchmarks",
+                             help="the run to judge: a saved run file, or the newest in a folder (default .benchmarks)")
+    gate_parser.add_argument("--baseline", required=True, help="a saved run file, or the newest in a folder")
+    gate_parser.add_argument("--min-effect", type=float, default=Thresholds.min_effect,
+                             help=f"smallest slowdown that counts, as a fraction (default {Thresholds.min_effect})")
+    gate_parser.add_argument("--no-rerun", action="store_true",
+                             help="judge on the stored rounds alone; do not rerun suspect benchmarks")
+    gate_parser.add_argument("--all", action="store_true", help="print every comparison, not only changes")
+    gate_parser.set_defaults(handler=gate_command)
+
+    history_parser = commands.add_parser("history", help="every saved run: series per benchmark, plots, HTML report")
+    history_parser.add_argument("runs", nargs="*", default=[".benchmarks"],
+                                help="saved run files or folders (default .benchmarks)")
+    history_parser.add_argument("--output", default="results/history",
+                                help="folder for trends.png, scaling.png, pareto.png, report.html")
+    history_parser.set_defaults(handler=history_command)
     return parser
 
 
@@ -121,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"embedsearch {args.command}: error: {error}", file=sys.stderr)
         return 2
 
