@@ -121,6 +121,7 @@ def save_run(data: dict, folder: str | Path, name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=4, default=str).encode()
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".saving-", suffix=".tmp")
+    os.chmod(temporary, 0o644)  # mkstemp makes it private; a saved run is an ordinary file
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(text)
