@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The suite saves runs itself (perf/conftest.py: atomic, numbered, rounds included), so
     # pytest-benchmark's own autosave/--benchmark-save are taken over.
     config.option.perf_save_name = None
+    config.option.perf_baseline = None
     if config.getoption("benchmark"):
         if config.getoption("benchmark_save"):
             config.option.perf_save_name = config.getoption("benchmark_save")
@@ -59,8 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("perf_gate"):
             from embedsearch.baseline import latest_run
 
-            try:
-                latest_run(config.getoption("perf_gate"))
+            try:  # loaded now: this run may be saved into the same folder
+                config.option.perf_baseline = latest_run(config.getoption("perf_gate"))
             except (ValueError, FileNotFoundError) as error:
                 raise pytest.UsageError(f"--perf-gate={config.getoption('perf_gate')}: {error}") from None
     else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_tag
 
-from embedsearch.baseline import Run, format_report, gate, latest_run, save_run, scaling_exponents
+from embedsearch.baseline import Run, format_report, gate, save_run, scaling_exponents
 from embedsearch.index import create_index
 from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
 from summary import print_summary
@@ -22,6 +22,7 @@ CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "brute_force_case": "brute_force", "knn_case": "knn", "leave_one_out_case": "leave_one_out",
     "end_to_end_case": "end_to_end", "scaling_case": "scaling",
 }
+GATE_LINES = pytest.StashKey[list]()  # what sessionfinish saved and gated, printed in the terminal summary
 CALIBRATION = {"test_matmul_gflops": ("gflops", "matmul_gflops"), "test_copy_bandwidth": ("bandwidth_gbs", "copy_gbs")}
 
 
@@ -117,19 +118,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if benchmark_session is None or benchmark_session.disabled or not benchmark_session.benchmarks:
         return
     save_name = config.getoption("perf_save_name", None)
-    baseline = config.getoption("perf_gate")
+    baseline = config.getoption("perf_baseline", None)
     if not (save_name or baseline):
         return
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
     run = Run(run_json(config, benchmark_session))
     if save_name:
         name = get_tag() if save_name == "autosave" else save_name
         run.path = save_run(run.data, benchmark_session.storage.get(""), name)
-        reporter.write_line(f"saved run: {run.path}")
+        config.stash[GATE_LINES] = [f"saved run: {run.path}"]
     if baseline:
-        report = gate(latest_run(baseline), run)
-        reporter.write_sep("-", f"embedsearch gate against {baseline}")
-        reporter.write_line(format_report(report))
+        report = gate(baseline, run)
+        config.stash.setdefault(GATE_LINES, []).extend(
+            [f"embedsearch gate against {baseline.label}", format_report(report)])
         if report.regressions and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -138,6 +138,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is not None and not session.disabled and session.benchmarks:
         print_summary(terminalreporter, session.benchmarks, tier_name(config))
+        for line in config.stash.get(GATE_LINES, []):  # the saved run and the gate, last
+            terminalreporter.write_line(line)
         if config.getoption("perf_memray_dir"):
             write_worst_flamegraph(terminalreporter, session.benchmarks, Path(config.getoption("perf_memray_dir")))
 

@@ -197,6 +197,12 @@ def test_suite_saves_a_run_that_pytest_benchmark_compare_reads_and_the_gate_pass
     gated = subprocess.run([sys.executable, "-m", "embedsearch.cli", "gate", str(saved[1]), "--baseline",
                             str(saved[0]), "--min-effect", "9"], cwd=ROOT, capture_output=True, text=True)
     assert gated.returncode == 0 and gated.stdout.rstrip().endswith("pass"), gated.stdout + gated.stderr
+    slowed = subprocess.run([*command, f"--perf-gate={storage}"], cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, EMBEDSEARCH_PLANTED_SLOWDOWN="1"))  # 2x, rerun included
+    assert slowed.returncode == 1, slowed.stdout[-3000:] + slowed.stderr[-2000:]
+    assert "0002_" in slowed.stdout.split("embedsearch gate against")[1].splitlines()[0]  # not the run itself
+    assert "-> REGRESSION" in slowed.stdout and "gate: 4 regression(s)" in slowed.stdout
+    assert len(sorted(storage.rglob("*.json"))) == 3
     refused = subprocess.run([*command[:3], "--benchmark", f"--perf-gate={tmp_path / 'nowhere'}", "--co", "-q"],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 4 and "nowhere: no such run file or folder" in refused.stderr
