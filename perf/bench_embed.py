@@ -29,6 +29,7 @@ def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
         return embeddings
 
     benchmark.group = f"embed {embed_case.model} {device}"
+    embed_batch()  # warm-up: thread pools, allocator, oneDNN kernels
     embeddings = benchmark(embed_batch)
     assert embeddings.shape == (embed_case.batch_size, model.embedding_dim)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(1, device=model.device), atol=1e-3)

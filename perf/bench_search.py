@@ -17,6 +17,7 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     _, queries = data.search_data(case.index, case.nq)
     benchmark.group = (f"{group_prefix} n={case.index.n} d={case.index.d} k={case.k} nq={case.nq} "
                        f"{case.index.metric} {device}")
+    index.search(queries, case.k)  # warm-up: thread pools, BLAS buffers, caches
     distances, ids = benchmark(index.search, queries, case.k)
     truth_distances, truth_ids = data.ground_truth(case.index, case.nq)
     recall = recall_at_k(ids, truth_ids[:, :case.k])
