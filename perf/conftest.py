@@ -83,7 +83,7 @@ def indexes(data: DataCache) -> IndexCache:
 
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
-    """Add the machine's calibration figures and the suite's own record (tier, scaling exponents)."""
+    """Add the machine's calibration figures and the suite's own record (tier, threads, GPUs, scaling exponents)."""
     calibration = {}
     for bench in output_json["benchmarks"]:
         function = bench["name"].split("[")[0]
@@ -95,6 +95,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
         "devices": [name.strip() for name in config.getoption("perf_device").split(",") if name.strip()],
         "rootdir": str(config.rootpath), "planted_slowdown": planted_slowdown(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "faiss_gpus": faiss.get_num_gpus(),
         "scaling": scaling_exponents(output_json["benchmarks"]),
     }
 
@@ -134,6 +136,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables: the figures and the gate come last
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is not None and not session.disabled and session.benchmarks:
