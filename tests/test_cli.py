@@ -3,8 +3,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from embedsearch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import pytest
 
 from embedsearch import cli
 from embedsearch.baseline import save_run
-from embedsearch.report import history_table, pareto_front, step_changes, write_report
+from embedsearch.report import history_table, pareto_front, step_changes
 from test_baseline import make_run, noisy
 
 

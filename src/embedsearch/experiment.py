@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 from . import __version__
 from .data import DigitsImages, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
 from .device import resolve_device
-from .embed import DEFAULT_MODEL, embed_dataset, load_model
+from .embed import embed_dataset, load_model
 from .index import build_index
 from .knn import DEFAULT_TEMPERATURE, VOTES, class_scores, leave_one_out_search, similarities, topk_accuracy
 from .memory import StageMeasure, measure_stage
