@@ -64,10 +64,7 @@ def plot_trends(runs: list[Run], path: Path) -> Path:
     for axis in list(axes.flat)[len(names):]:
         axis.set_visible(False)
     figure.supxlabel("run (oldest to newest)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path, dpi=80)
 
 
 def plot_scaling(run: Run, path: Path) -> Path:
@@ -85,10 +82,7 @@ def plot_scaling(run: Run, path: Path) -> Path:
     axis.set_ylabel("search median, ms")
     axis.set_title(f"time vs n, run {run.commit} {run.datetime[:19]}", fontsize=9)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path, dpi=90)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -123,10 +117,7 @@ def plot_pareto(run: Run, path: Path) -> Path:
         axis.set_ylabel(f"recall@{k}")
         axis.set_title(f"n={n} d={d} k={k}", fontsize=9)
         axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path, dpi=90)
 
 
 def write_report(runs: list[Run], folder: str | Path) -> list[Path]:
@@ -150,6 +141,15 @@ def write_report(runs: list[Run], folder: str | Path) -> list[Path]:
     report = folder / "report.html"
     report.write_text(page, encoding="utf-8")
     return [*pngs, report]
+
+
+def _save_figure(figure, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
 
 
 def _series_label(series: str) -> str:
