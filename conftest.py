@@ -44,6 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     unknown = sorted(set(devices) - set(DEVICES))
     if unknown or not devices:
         raise pytest.UsageError(f"--perf-device={config.getoption('perf_device')!r}: expected a comma list from {DEVICES}")
+    config.option.perf_devices = devices  # parsed once, for perf/conftest.py
     if config.getoption("perf_threads") < 1:
         raise pytest.UsageError(f"--perf-threads={config.getoption('perf_threads')}: expected a positive integer")
     # The suite saves runs itself (perf/conftest.py: atomic, numbered, rounds included), so

@@ -42,8 +42,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    for case in cases]
             metafunc.parametrize(fixture, cases, ids=ids)
     if "device" in metafunc.fixturenames:
-        devices = [name.strip() for name in metafunc.config.getoption("perf_device").split(",") if name.strip()]
-        metafunc.parametrize("device", devices, indirect=True)
+        metafunc.parametrize("device", metafunc.config.getoption("perf_devices"), indirect=True)
 
 
 @pytest.fixture
@@ -93,7 +92,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json["machine_info"]["calibration"] = calibration
     output_json["embedsearch"] = {
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
-        "devices": [name.strip() for name in config.getoption("perf_device").split(",") if name.strip()],
+        "devices": config.getoption("perf_devices"),
         "rootdir": str(config.rootpath), "planted_slowdown": planted_slowdown(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "faiss_gpus": faiss.get_num_gpus(),

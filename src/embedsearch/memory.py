@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+import faiss
 import memray
 import torch
 
@@ -107,8 +108,6 @@ def faiss_blas_block_bytes(nq: int, d: int) -> int:
     loop, with no block), in blocks of distance_compute_blas_query_bs queries x
     distance_compute_blas_database_bs vectors, and allocates the whole block even for fewer.
     """
-    import faiss
-
     if nq * d < faiss.cvar.distance_compute_blas_threshold:
         return 0
     return 4 * faiss.cvar.distance_compute_blas_query_bs * faiss.cvar.distance_compute_blas_database_bs
@@ -130,8 +129,6 @@ def exact_search_model_bytes(index, nq: int, k: int) -> int:
         blocks = -(-index.ntotal // index.database_block)
         return results + index.score_buffer_bytes(nq) + 2 * 12 * nq * k * blocks + RUNTIME_ALLOWANCE_BYTES
     if index.spec == "Flat":
-        import faiss
-
         reservoirs = 12 * nq * ((2 * k + 15) & ~15) if k >= faiss.cvar.distance_compute_min_k_reservoir else 0
         return results + reservoirs + faiss_blas_block_bytes(nq, index.d) + RUNTIME_ALLOWANCE_BYTES
     raise ValueError(f"index spec {index.spec!r}: the exact-search model covers 'Flat' and 'TorchFlat'")
