@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_save = None
         config.option.benchmark_autosave = False
         if config.getoption("perf_gate"):
-            from embedsearch.baseline import latest_run
+            from embedsearch.storage import latest_run
 
             try:  # loaded now: this run may be saved into the same folder
                 config.option.perf_baseline = latest_run(config.getoption("perf_gate"))

@@ -11,7 +11,10 @@ import pytest
 import torch
 from pytest_benchmark.utils import get_tag
 
-from embedsearch.baseline import Run, format_report, gate, save_run, scaling_exponents
+from embedsearch.compare import ComparisonError, format_report
+from embedsearch.gate import gate, rerun_suite
+from embedsearch.stats import scaling_exponents
+from embedsearch.storage import Run, save_run
 from embedsearch.index import create_index
 from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
 from summary import print_summary
@@ -93,7 +96,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json["embedsearch"] = {
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
         "devices": config.getoption("perf_devices"),
-        "rootdir": str(config.rootpath), "planted_slowdown": planted_slowdown(),
+        "planted_slowdown": planted_slowdown(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "faiss_gpus": faiss.get_num_gpus(),
         "scaling": scaling_exponents(output_json["benchmarks"]),
@@ -128,9 +131,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.path = save_run(run.data, benchmark_session.storage.get(""), name)
         config.stash[GATE_LINES] = [f"saved run: {run.path}"]
     if baseline:
-        report = gate(baseline, run)
-        config.stash.setdefault(GATE_LINES, []).extend(
-            [f"embedsearch gate against {baseline.label}", format_report(report)])
+        lines = config.stash.setdefault(GATE_LINES, [])
+        lines.append(f"embedsearch gate against {baseline.label}")
+        try:
+            report = gate(baseline, run, rerun=lambda current, names: rerun_suite(current, names, config.rootpath))
+        except ComparisonError as error:  # nothing comparable: a usage error, as `embedsearch gate` exits 2
+            lines.append(f"embedsearch gate: error: {error}")
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            return
+        lines.append(format_report(report))
         if report.regressions and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from embedsearch import cli
-from embedsearch.baseline import save_run
+from embedsearch.storage import save_run
 from embedsearch.report import history_table, pareto_front, step_changes
-from test_baseline import make_run, noisy
+from saved_runs import make_run, noisy
 
 
 def saved_history(folder):
@@ -47,7 +47,7 @@ def test_history_marks_the_step_and_writes_plots_and_a_self_contained_report(tmp
 
 
 def test_step_changes_compare_each_run_with_the_one_before(tmp_path):
-    from embedsearch.baseline import load_runs
+    from embedsearch.storage import load_runs
 
     runs = load_runs(saved_history(tmp_path))
     assert step_changes(runs) == {(2, "test_search[Flat-n1000]"): "slower"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from .baseline import Thresholds, format_report, gate, latest_run, load_runs, rerun_suite
+from .ab import MAX_PAIRS, MIN_EFFECT, PAIRS, markdown_summary, run_ab, write_record
+from .compare import format_report
+from .gate import MIN_EFFECT as STORED_MIN_EFFECT
+from .gate import checkout_root, gate, rerun_suite
+from .storage import latest_run, load_runs
 from .data import clustered_embeddings
 from .embed import PRECISIONS
 from .experiment import (STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
@@ -71,15 +76,52 @@ def run(args: argparse.Namespace) -> int:
 
 
 def gate_command(args: argparse.Namespace) -> int:
-    """Gate a saved run against a baseline: exit 1 on a regression, 0 otherwise."""
+    """Gate a saved run against a stored baseline: exit 1 on a regression, 0 otherwise."""
     if not 0 <= args.min_effect < 10:
-        raise ValueError(f"--min-effect={args.min_effect}: expected a fraction such as 0.10")
+        raise ValueError(f"--min-effect={args.min_effect}: expected a fraction such as 0.15")
     baseline, current = latest_run(args.baseline), latest_run(args.run)
     print(f"baseline: {baseline.label} ({baseline.commit}, {baseline.datetime[:19]})")
     print(f"current:  {current.label} ({current.commit}, {current.datetime[:19]})")
-    report = gate(baseline, current, Thresholds(min_effect=args.min_effect), None if args.no_rerun else rerun_suite)
+    rerun = None
+    checkout = checkout_root(Path.cwd())
+    if not args.no_rerun:
+        if checkout is None:
+            print(f"note: no checkout of the suite (perf/conftest.py) at or above {Path.cwd()}: "
+                  f"suspects are judged on the stored rounds")
+        else:
+            def rerun(run, names):
+                return rerun_suite(run, names, checkout)
+    report = gate(baseline, current, args.min_effect, rerun=rerun)
     print(format_report(report, show_all=args.all))
     return 1 if report.regressions else 0
+
+
+def ab_command(args: argparse.Namespace) -> int:
+    """Run BASE and HEAD interleaved in one job; exit 1 on a regression, 0 otherwise."""
+    for option in ("markdown", "json"):
+        path = getattr(args, option)
+        if path is not None and (Path(path).is_dir() or not Path(path).resolve().parent.is_dir()):
+            raise ValueError(f"--{option}={path}: expected a file path in an existing folder")
+    from pytest_benchmark.utils import get_machine_id
+
+    root = Path(args.repo).resolve()
+    result = run_ab(root, args.base, args.head, args.pytest_args, args.min_effect, args.pairs, args.max_pairs,
+                    storage=root / ".benchmarks" / get_machine_id())
+    print(format_report(result.report, show_all=args.all, base_title="base", current_title="head"))
+    summary = markdown_summary(result)
+    print()
+    print(summary)
+    targets = [Path(args.markdown)] if args.markdown else []
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        targets.append(Path(os.environ["GITHUB_STEP_SUMMARY"]))
+    for target in targets:
+        with open(target, "a", encoding="utf-8") as stream:
+            stream.write(summary)
+    record = write_record(result, Path(args.json) if args.json else
+                          root / ".benchmarks" / "ab" / f"{time.strftime('%Y%m%d_%H%M%S')}_{result.base.commit[:10]}"
+                                                        f"_{result.head.commit[:10]}.json")
+    print(f"pairs and verdicts: {record}; both sides saved: {', '.join(map(str, result.saved))}")
+    return 1 if result.report.regressions else 0
 
 
 def history_command(args: argparse.Namespace) -> int:
@@ -141,17 +183,43 @@ def build_parser() -> argparse.ArgumentParser:
                             help="print the study's published figures next to this run's, with ratios")
     run_parser.set_defaults(handler=run)
 
+    ab_parser = commands.add_parser(
+        "ab", help="run two revisions' suites interleaved in one job; exit 1 on a regression",
+        usage="embedsearch ab BASE [HEAD] [options] [-- PYTEST_ARGS]",
+        description="Each side runs in its own git worktree (HEAD omitted: the working tree as it is) in a "
+                    "long-lived pytest worker; the timed rounds alternate between the sides in random order and "
+                    "each benchmark is judged on its paired log-ratios (Student-t bound, Bonferroni over all "
+                    "benchmarks and looks at a 5%% false-alarm rate per run, more pairs for suspects). Peak memory, "
+                    "index bytes, recall, accuracy and scaling exponents use the stored-baseline gate's tolerances. "
+                    "PYTEST_ARGS select and size the benchmarks as for pytest --benchmark (-k, --perf-tier, ...). "
+                    "Exit 0: no regression; 1: regression; 2: bad input.")
+    ab_parser.add_argument("base", help="the base revision (a commit, branch or tag)")
+    ab_parser.add_argument("head", nargs="?", default=None,
+                           help="the head revision (default: the working tree, uncommitted changes included)")
+    ab_parser.add_argument("--min-effect", type=float, default=MIN_EFFECT,
+                           help=f"smallest slowdown that counts, as a fraction (default {MIN_EFFECT})")
+    ab_parser.add_argument("--pairs", type=int, default=PAIRS, help=f"pairs at the first look (default {PAIRS})")
+    ab_parser.add_argument("--max-pairs", type=int, default=MAX_PAIRS,
+                           help=f"pairs a suspect may get, doubling from --pairs (default {MAX_PAIRS})")
+    ab_parser.add_argument("--markdown", help="append the pull-request summary to this file "
+                                              "(also to $GITHUB_STEP_SUMMARY when set)")
+    ab_parser.add_argument("--json", help="write the record of every pair's times here "
+                                          "(default .benchmarks/ab/<date>_<base>_<head>.json)")
+    ab_parser.add_argument("--repo", default=".", help="the project's git checkout (default: here)")
+    ab_parser.add_argument("--all", action="store_true", help="print every comparison, not only changes")
+    ab_parser.set_defaults(handler=ab_command)
+
     gate_parser = commands.add_parser(
-        "gate", help="compare a saved run with a baseline; exit 1 only on a regression it can stand behind",
-        description="Time: bootstrap interval of the ratio of medians above 1 and the ratio above 1 + "
-                    "--min-effect, confirmed by one rerun of the suspects; normalised by the matmul calibration "
-                    "when the machines differ. Peak memory, index bytes, recall, accuracy and scaling exponents: "
-                    "tight tolerances.")
+        "gate", help="compare a saved run with a stored baseline (same machine); exit 1 on a regression",
+        description="Time, only when both runs come from the same machine: bootstrap interval of the ratio of "
+                    "medians above 1 and the ratio above 1 + --min-effect, confirmed by one rerun of the suspects "
+                    "in this checkout. Across machines time is not comparable (use embedsearch ab). Peak memory, "
+                    "index bytes, recall, accuracy and scaling exponents: tight tolerances, on any machine.")
     gate_parser.add_argument("run", nargs="?", default=".benchmarks",
                              help="the run to judge: a saved run file, or the newest in a folder (default .benchmarks)")
     gate_parser.add_argument("--baseline", required=True, help="a saved run file, or the newest in a folder")
-    gate_parser.add_argument("--min-effect", type=float, default=Thresholds.min_effect,
-                             help=f"smallest slowdown that counts, as a fraction (default {Thresholds.min_effect})")
+    gate_parser.add_argument("--min-effect", type=float, default=STORED_MIN_EFFECT,
+                             help=f"smallest slowdown that counts, as a fraction (default {STORED_MIN_EFFECT})")
     gate_parser.add_argument("--no-rerun", action="store_true",
                              help="judge on the stored rounds alone; do not rerun suspect benchmarks")
     gate_parser.add_argument("--all", action="store_true", help="print every comparison, not only changes")
@@ -168,7 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if pytest_args and args.command != "ab":
+        parser.error(f"arguments after '--' are for 'embedsearch ab' only, got {' '.join(pytest_args)!r}")
+    args.pytest_args = pytest_args
     try:
         return args.handler(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:

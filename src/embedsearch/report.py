@@ -9,16 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .baseline import Run, Thresholds, compare_runs
+from .gate import compare_runs
+from .storage import Run
 
 EXACT_SPECS = ("Flat", "TorchFlat")
 
 
-def step_changes(runs: list[Run], thresholds: Thresholds = Thresholds()) -> dict[tuple[int, str], str]:
+def step_changes(runs: list[Run]) -> dict[tuple[int, str], str]:
     """(run position, benchmark) -> 'slower' or 'faster' where the gate's time test says it stepped from the run before."""
     steps = {}
     for position in range(1, len(runs)):
-        for comparison in compare_runs(runs[position - 1], runs[position], thresholds).comparisons:
+        for comparison in compare_runs(runs[position - 1], runs[position]).comparisons:
             if comparison.metric == "time" and comparison.verdict in ("slower", "faster"):
                 steps[position, comparison.name] = comparison.verdict
     return steps

@@ -1,54 +1,22 @@
-import json
+import math
 import re
-import multiprocessing
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from embedsearch import cli
-from embedsearch.baseline import (Run, RunFileError, Thresholds, bootstrap_ratio, compare_runs, format_report, gate,
-                                  latest_run, load_run, load_runs, save_run, scaling_exponents)
+from embedsearch.compare import ComparisonError, format_report
+from embedsearch.gate import NOT_COMPARABLE, compare_runs, gate, rerun_suite
+from embedsearch.storage import Run, latest_run, save_run
+from saved_runs import make_run, noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_run(benchmarks: dict[str, tuple[np.ndarray, dict]], node: str = "machine-a", matmul_gflops: float = 400.0,
-             scaling: list[dict] | None = None, datetime: str = "2026-11-24T10:00:00") -> Run:
-    """A run in pytest-benchmark's JSON layout: name -> (round times in seconds, extra_info)."""
-    entries = []
-    for name, (rounds, extra_info) in benchmarks.items():
-        rounds = np.asarray(rounds, dtype=float)
-        stats = {"min": rounds.min(), "max": rounds.max(), "mean": rounds.mean(), "stddev": rounds.std(),
-                 "median": float(np.median(rounds)), "q1": float(np.quantile(rounds, 0.25)),
-                 "q3": float(np.quantile(rounds, 0.75)), "rounds": len(rounds), "data": rounds.tolist()}
-        entries.append({"group": None, "name": name, "fullname": f"perf/bench_x.py::{name}", "params": None,
-                        "param": None, "extra_info": extra_info, "options": {}, "stats": stats})
-    data = {"machine_info": {"node": node, "cpu": {"brand_raw": "cpu", "count": 2},
-                             "calibration": {"matmul_gflops": matmul_gflops}},
-            "commit_info": {"id": "abcdef1234567", "dirty": False}, "benchmarks": entries, "datetime": datetime,
-            "version": "5.2.3", "embedsearch": {"tier": "smoke", "scaling": scaling or []}}
-    return Run(json.loads(json.dumps(data)))
-
-
-def noisy(median: float, rounds: int = 50, seed: int = 0, spread: float = 0.03) -> np.ndarray:
-    return median * np.exp(np.random.default_rng(seed).normal(0, spread, rounds))
-
-
 def verdicts(report) -> dict[tuple[str, str], str]:
     return {(c.name, c.metric): c.verdict for c in report.comparisons}
-
-
-def test_bootstrap_interval_holds_one_for_equal_rounds_and_excludes_it_for_a_slowdown():
-    base = noisy(1.0, seed=1)
-    ratio, low, high = bootstrap_ratio(base, noisy(1.0, seed=2), 2000, 0.99)
-    assert low < 1 < high
-    ratio, low, high = bootstrap_ratio(base, base * 1.3, 2000, 0.99)
-    assert ratio == pytest.approx(1.3) and low > 1.2
-    assert bootstrap_ratio(np.array([2.0]), np.array([3.0]), 100, 0.99) == (1.5, 1.5, 1.5)
 
 
 def test_compare_flags_each_kind_of_regression_and_only_those():
@@ -75,14 +43,48 @@ def test_compare_flags_each_kind_of_regression_and_only_those():
     assert "gate: 6 regression(s)" in format_report(report) and format_report(report).endswith("FAIL")
 
 
-def test_other_machine_is_normalised_by_the_matmul_calibration():
-    base = make_run({"search": (noisy(1.0, seed=1), {})}, node="fast", matmul_gflops=400.0)
-    half_speed = make_run({"search": (noisy(2.0, seed=2), {})}, node="slow", matmul_gflops=200.0)
-    report = compare_runs(base, half_speed)
-    assert verdicts(report)["search", "time"] == "same"
-    assert report.time_scale == 0.5 and "machines differ" in report.notes[0]
+def test_other_machine_times_are_not_comparable_but_figures_are_still_gated():
+    base = make_run({"search": (noisy(1.0, seed=1), {"recall": 0.9})}, node="fast", matmul_gflops=400.0)
+    other = make_run({"search": (noisy(2.0, seed=2), {"recall": 0.8})}, node="slow", matmul_gflops=200.0)
+    report = compare_runs(base, other)
+    assert verdicts(report) == {("search", "time"): NOT_COMPARABLE, ("search", "recall"): "worse"}
+    assert [c.metric for c in report.regressions] == ["recall"]
+    assert "machines differ" in report.notes[0] and "use embedsearch ab" in format_report(report)
     same_machine_report = compare_runs(base, make_run({"search": (noisy(2.0, seed=2), {})}, node="fast"))
     assert verdicts(same_machine_report)["search", "time"] == "slower" and not same_machine_report.notes
+
+
+def test_comparing_nothing_or_a_run_with_itself_or_impossible_medians_is_refused(tmp_path):
+    base = make_run({"a": (noisy(1.0, seed=1), {})})
+    with pytest.raises(ComparisonError, match="no benchmark in common"):
+        compare_runs(base, make_run({"b": (noisy(1.0, seed=2), {})}))
+    with pytest.raises(ComparisonError, match="no benchmark in common"):
+        compare_runs(base, make_run({}))
+    with pytest.raises(ComparisonError, match="same run"):
+        compare_runs(base, make_run({"a": (noisy(1.0, seed=1), {})}))
+    saved = save_run(base.data, tmp_path, "run")
+    from embedsearch.storage import load_run
+
+    with pytest.raises(ComparisonError, match="same file"):
+        compare_runs(load_run(saved), load_run(saved))
+    for median in (math.nan, 0.0, -1.0, None):
+        broken = make_run({"a": (noisy(1.0, seed=3), {})})
+        broken.data["benchmarks"][0]["stats"]["median"] = median
+        broken.path = Path("broken.json")
+        with pytest.raises(ComparisonError, match=r"broken.json: benchmark 'a' has median"):
+            compare_runs(base, broken)
+
+
+def test_the_rerun_runs_only_the_checkout_never_a_folder_named_in_the_file(tmp_path):
+    run = make_run({"a": (noisy(1.0), {})})
+    run.data["embedsearch"]["rootdir"] = str(tmp_path / "elsewhere")  # what older runs stored
+    with pytest.raises(RuntimeError, match="none of the 1 suspect benchmark"):
+        rerun_suite(run, ["a"], tmp_path)  # perf/bench_x.py does not exist in this checkout
+    base = make_run({"a": (noisy(1.0, seed=1), {}), "b": (noisy(1.0, seed=2), {})})
+    current = make_run({"a": (noisy(1.3, seed=3), {}), "b": (noisy(1.3, seed=4), {})})
+    report = gate(base, current, rerun=lambda run, names: make_run({"b": (noisy(1.3, seed=6), {})}))
+    assert "not in this checkout, judged on the stored rounds: a" in format_report(report)
+    assert [c.name for c in report.regressions] == ["a", "b"]
 
 
 def test_repeat_on_doubt_keeps_only_confirmed_slowdowns():
@@ -94,71 +96,19 @@ def test_repeat_on_doubt_keeps_only_confirmed_slowdowns():
         asked.append(names)  # a transient burst hit "a"; "b" is really slower
         return make_run({"a": (noisy(1.0, seed=5), {}), "b": (noisy(1.3, seed=6), {})})
 
-    report = gate(base, current, Thresholds(), rerun)
+    report = gate(base, current, rerun=rerun)
     assert asked == [["a", "b"]]
     assert [c.name for c in report.regressions] == ["b"]
     assert "not confirmed" in format_report(report)
-    assert not gate(base, base, Thresholds(), rerun).regressions and len(asked) == 1  # nothing to rerun
+    assert not gate(base, make_run({"a": (noisy(1.0, seed=7), {}), "b": (noisy(1.0, seed=8), {})}), rerun=rerun).regressions
+    assert len(asked) == 1  # nothing to rerun
 
     def failing_rerun(run: Run, names: list[str]) -> Run:
         raise RuntimeError("rerunning 2 benchmark(s) failed (exit 4)")
 
-    report = gate(base, current, Thresholds(), failing_rerun)
+    report = gate(base, current, rerun=failing_rerun)
     assert [c.name for c in report.regressions] == ["a", "b"]  # unconfirmed suspects still fail the gate
     assert "the rerun failed" in format_report(report)
-
-
-def test_scaling_exponent_is_fitted_on_log_log_medians():
-    benchmarks = [{"name": f"test_scaling[Flat-n{n}]", "stats": {"median": 3e-9 * n**1.0},
-                   "extra_info": {"scaling": True, "n": n, "spec": "Flat", "d": 64}} for n in (1000, 2000, 4000)]
-    benchmarks += [{"name": f"test_scaling[HNSW-n{n}]", "stats": {"median": 1e-3 * np.log(n)},
-                    "extra_info": {"scaling": True, "n": n, "spec": "HNSW32", "d": 64}} for n in (1000, 2000, 4000)]
-    benchmarks.append({"name": "test_scaling[IVF-n1000]", "stats": {"median": 1.0},
-                       "extra_info": {"scaling": True, "n": 1000, "spec": "IVF", "d": 64}})  # one size: no fit
-    fits = {fit["series"]: fit["exponent"] for fit in scaling_exponents(benchmarks)}
-    assert fits.keys() == {"test_scaling spec=Flat d=64", "test_scaling spec=HNSW32 d=64"}
-    assert fits["test_scaling spec=Flat d=64"] == pytest.approx(1.0)
-    assert 0 < fits["test_scaling spec=HNSW32 d=64"] < 0.2
-
-
-def test_corrupt_or_truncated_runs_are_skipped_with_a_warning_naming_them(tmp_path):
-    good = save_run(make_run({"a": (noisy(1.0), {})}).data, tmp_path, "good")
-    text = good.read_text()
-    (tmp_path / "0002_truncated.json").write_text(text[: len(text) // 2])
-    (tmp_path / "0003_not-a-run.json").write_text('{"hello": 1}')
-    (tmp_path / "0004_binary.json").write_bytes(b"\xff\xfe\x00")
-    with pytest.warns(UserWarning) as caught:
-        runs = load_runs([tmp_path])
-    assert [run.path for run in runs] == [good]
-    messages = " ".join(str(warning.message) for warning in caught)
-    for name in ("0002_truncated.json", "0003_not-a-run.json", "0004_binary.json"):
-        assert name in messages
-    with pytest.raises(RunFileError, match="0002_truncated.json"):
-        load_run(tmp_path / "0002_truncated.json")
-
-
-def test_an_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
-    def interrupted(descriptor):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "fsync", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_run(make_run({"a": (noisy(1.0), {})}).data, tmp_path, "run")
-    assert list(tmp_path.iterdir()) == []
-
-
-def _save_one(arguments: tuple[str, int]) -> str:
-    folder, index = arguments
-    return str(save_run(make_run({f"bench{index}": (noisy(1.0, rounds=2000, seed=index), {})}).data, folder, "run"))
-
-
-def test_concurrent_saves_all_survive_under_distinct_numbers(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        paths = pool.map(_save_one, [(str(tmp_path), index) for index in range(12)])
-    assert len(set(paths)) == 12
-    runs = load_runs([tmp_path])
-    assert sorted(name for run in runs for name in run.benchmarks) == sorted(f"bench{i}" for i in range(12))
-    assert sorted(path.name[:4] for path in tmp_path.iterdir()) == [f"{i:04d}" for i in range(1, 13)]
 
 
 def test_gate_command_exit_status_and_errors(tmp_path, capsys):
@@ -175,6 +125,11 @@ def test_gate_command_exit_status_and_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["gate", str(slow), "--baseline", str(tmp_path / "empty")]) == 2
     assert "holds no readable saved run" in capsys.readouterr().err
+    assert cli.main(["gate", str(tmp_path / "base"), "--baseline", str(tmp_path / "base")]) == 2
+    assert "the run and its baseline are the same file" in capsys.readouterr().err
+    other = save_run(make_run({"b": (noisy(1.0, seed=4), {})}).data, tmp_path / "other", "other")
+    assert cli.main(["gate", str(other), "--baseline", str(base), "--no-rerun"]) == 2
+    assert "no benchmark in common" in capsys.readouterr().err
 
 
 def test_suite_saves_a_run_that_pytest_benchmark_compare_reads_and_the_gate_passes(tmp_path):

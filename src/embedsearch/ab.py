@@ -1,0 +1,482 @@
+"""The A/B gate: run two revisions' suites in lockstep in one job and judge time on paired rounds.
+
+Noise between jobs and machines (up to 1.7x here) cancels within a pair of rounds run seconds
+apart; it does not cancel against a stored baseline. Method (asv `continuous`, RMIT, duet
+benchmarking, Chromium Pinpoint):
+
+1. Each side gets a git worktree (cached per commit) or, for HEAD, the working tree as it is; one
+   long-lived pytest worker per side imports `embedsearch` and `perf/` from it and loads the
+   `embedsearch_lockstep` plugin, which hands each benchmark's timed rounds to this controller.
+2. Both sides collect; the benchmarks both hold run in the same order. For each, both sides set
+   up, then batches of rounds (about `BATCH_SECONDS` each, the same iterations on both sides)
+   alternate in random order: a pair is one batch of each side, seconds apart.
+3. A pair's log-ratio is log(median head round / median base round). The verdict comes from
+   their mean and a Student-t bound (`stats.paired_estimate`), sequentially: `pairs` pairs, then
+   twice and four times as many for suspects, up to `max_pairs`. Every look of every benchmark is
+   tested at ALPHA / (benchmarks x looks) (Bonferroni), so a whole run stays within a false-alarm
+   rate of ALPHA whatever the dependence between tests. A regression needs the bound above 1 and
+   the ratio above 1 + min_effect.
+4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
+   sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
+   side only is a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+
+import numpy as np
+
+from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
+from .stats import paired_estimate
+from .storage import Run, load_run, save_run
+
+ALPHA = 0.05  # family-wise false-alarm rate of one gate run
+MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
+PAIRS = 10  # pairs at the first look; suspects get 2x and 4x as many, up to MAX_PAIRS
+MAX_PAIRS = 40
+BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
+LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
+START_SECONDS = 600  # a worker that has not connected by then is reported as hung
+
+
+class ABError(RuntimeError):
+    """A gate run that cannot go on: bad revision, not a repository, collection error, interruption."""
+
+
+@dataclass
+class Side:
+    """One revision under test: its label, commit, the tree its worker runs in."""
+
+    role: str  # "base" or "head"
+    revision: str  # as given, or "working tree"
+    commit: str  # full hash, "+dirty" appended for a working tree with changes
+    tree: Path
+    imported_from: str = ""
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PairedBenchmark:
+    """Every pair of one benchmark: per pair, the order and each side's per-iteration round times (s)."""
+
+    name: str
+    iterations: dict[str, int]
+    rounds_per_batch: int
+    pairs: list[dict] = field(default_factory=list)  # {"first": role, "base": [...], "head": [...]}
+
+    def log_ratios(self) -> np.ndarray:
+        return np.array([math.log(np.median(pair["head"]) / np.median(pair["base"])) for pair in self.pairs])
+
+
+@dataclass
+class ABResult:
+    base: Side
+    head: Side
+    report: GateReport
+    benchmarks: list[PairedBenchmark]
+    added: list[str]
+    removed: list[str]
+    seconds: float
+    saved: list[Path]
+    settings: dict
+
+
+def git(repository: Path, *arguments: str) -> str:
+    """Output of a git command in `repository`, or ABError with git's message."""
+    completed = subprocess.run(["git", "-C", str(repository), *arguments], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise ABError(f"git {' '.join(arguments)} in {repository}: {completed.stderr.strip() or completed.stdout.strip()}")
+    return completed.stdout.strip()
+
+
+def repository_root(folder: Path) -> Path:
+    """The top of the git work tree holding `folder`, or ABError."""
+    if not folder.is_dir():
+        raise ABError(f"{folder}: no such folder")
+    completed = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise ABError(f"{folder}: not a git repository (embedsearch ab compares two git revisions of the project)")
+    return Path(completed.stdout.strip())
+
+
+def resolve_commit(repository: Path, revision: str) -> str:
+    """The full commit hash of `revision`, or ABError naming it."""
+    completed = subprocess.run(["git", "-C", str(repository), "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}"],
+                               capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise ABError(f"unknown revision {revision!r}: expected a commit, branch or tag of {repository}")
+    return completed.stdout.strip()
+
+
+def worktree(repository: Path, commit: str) -> Path:
+    """A clean worktree of `commit` under the repository's git folder, reused while it is intact."""
+    common = Path(git(repository, "rev-parse", "--git-common-dir"))
+    folder = (common if common.is_absolute() else repository / common) / "embedsearch-ab" / commit
+    if folder.is_dir():
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True)
+        if head.returncode == 0 and head.stdout.strip() == commit and status.returncode == 0 and not status.stdout.strip():
+            return folder
+        subprocess.run(["git", "-C", str(repository), "worktree", "remove", "--force", str(folder)], capture_output=True)
+    git(repository, "worktree", "prune")
+    git(repository, "worktree", "add", "--detach", "--force", str(folder), commit)
+    return folder
+
+
+def make_side(repository: Path, role: str, revision: str | None) -> Side:
+    """A side for `revision`, or for the working tree as it is (uncommitted changes included) when None."""
+    if revision is None:
+        commit = git(repository, "rev-parse", "HEAD")
+        dirty = bool(git(repository, "status", "--porcelain", "--untracked-files=no"))
+        return Side(role, "working tree", commit + ("+dirty" if dirty else ""), repository)
+    commit = resolve_commit(repository, revision)
+    return Side(role, revision, commit, worktree(repository, commit))
+
+
+def declared_dependencies(side: Side) -> dict:
+    """The `[project]` dependencies and extras a side's pyproject.toml declares ({} when it has none)."""
+    path = side.tree / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    project = tomllib.loads(path.read_text(encoding="utf-8")).get("project", {})
+    return {"dependencies": sorted(project.get("dependencies", [])),
+            "optional-dependencies": {name: sorted(values) for name, values in
+                                      sorted(project.get("optional-dependencies", {}).items())}}
+
+
+class Worker:
+    """One side's long-lived pytest process and its connection to the controller."""
+
+    def __init__(self, side: Side, pytest_args: list[str], folder: Path, address: str, authkey: bytes,
+                 environment: dict[str, str]):
+        self.side = side
+        self.json_path = folder / f"{side.role}.json"
+        self.log_path = folder / f"{side.role}.log"
+        python_path = [str(side.tree / "src"), str(LOCKSTEP_PLUGIN)]
+        if os.environ.get("PYTHONPATH"):
+            python_path.append(os.environ["PYTHONPATH"])
+        env = dict(os.environ, **environment, PYTHONPATH=os.pathsep.join(python_path),
+                   EMBEDSEARCH_AB_ADDRESS=address, EMBEDSEARCH_AB_AUTHKEY=authkey.hex(), EMBEDSEARCH_AB_SIDE=side.role)
+        command = [sys.executable, "-m", "pytest", "-p", "embedsearch_lockstep", "-p", "no:cacheprovider", "-q",
+                   "--benchmark", f"--benchmark-json={self.json_path}", *pytest_args]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=side.tree, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.connection: Connection | None = None
+
+    def send(self, *message) -> None:
+        self.connection.send(message)
+
+    def receive(self) -> tuple:
+        try:
+            return self.connection.recv()
+        except (EOFError, ConnectionError, OSError):
+            raise ABError(f"the {self.side.role} worker ended unexpectedly (exit {self.process.wait()}):\n"
+                          + self.log_tail()) from None
+
+    def log_tail(self, characters: int = 3000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text[-characters:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, 15)
+                self.process.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, 9)
+                except ProcessLookupError:
+                    pass
+                self.process.wait()
+        if self.connection is not None:
+            self.connection.close()
+
+
+def connect(listener: Listener, workers: list[Worker]) -> None:
+    """Accept both workers' connections, matched by the side each says hello with."""
+    accepted: queue.Queue = queue.Queue()
+
+    def accept() -> None:
+        for _ in workers:
+            try:
+                connection = listener.accept()
+                accepted.put((connection, connection.recv()))
+            except (OSError, EOFError):
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    by_role = {worker.side.role: worker for worker in workers}
+    deadline = time.monotonic() + START_SECONDS
+    while any(worker.connection is None for worker in workers):
+        for worker in workers:
+            if worker.connection is None and worker.process.poll() is not None:
+                raise ABError(f"the {worker.side.role} side ({worker.side.revision}) failed before collecting "
+                              f"(pytest exit {worker.process.returncode}):\n{worker.log_tail()}")
+        if time.monotonic() > deadline:
+            raise ABError(f"a worker did not start within {START_SECONDS} s")
+        try:
+            connection, hello = accepted.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        worker = by_role[hello[1]]
+        worker.connection, worker.side.imported_from = connection, hello[2]
+
+
+def agree_on_plan(base: Worker, head: Worker) -> tuple[list[str], list[str], list[str]]:
+    """Both sides' collected ids: (planned in base order, added in head, removed from base), or ABError."""
+    collected = {}
+    for worker in (base, head):
+        message = worker.receive()
+        if message[0] != "collected":
+            raise ABError(f"the {worker.side.role} worker sent {message[0]!r} before its collection")
+        ids, errors = message[1], message[2]
+        if errors:
+            raise ABError(f"pytest could not collect the {worker.side.role} side ({worker.side.revision}):\n"
+                          + "\n".join(errors)[-4000:])
+        collected[worker.side.role] = ids
+    head_ids = set(collected["head"])
+    plan = [nodeid for nodeid in collected["base"] if nodeid in head_ids]
+    added = sorted(head_ids - set(collected["base"]))
+    removed = sorted(set(collected["base"]) - head_ids)
+    if not plan:
+        raise ABError(f"no benchmark in common: base collected {len(collected['base'])}, head "
+                      f"{len(collected['head'])} (check the pytest arguments, e.g. -k)")
+    for worker in (base, head):
+        worker.send("plan", plan)
+    return plan, added, removed
+
+
+def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs: int, max_pairs: int,
+              min_effect: float, alpha: float) -> PairedBenchmark:
+    """Calibrate both sides, then alternate batches of rounds in random order until the verdict is clear."""
+    calibration = {}
+    for role in rng.sample(["base", "head"], 2):
+        workers[role].send("calibrate")
+        _, seconds, iterations, fixed = workers[role].receive()
+        calibration[role] = (seconds / iterations, iterations, fixed)
+    shared = max(iterations for _, iterations, _ in calibration.values())
+    iterations = {role: own if fixed else shared for role, (_, own, fixed) in calibration.items()}
+    round_seconds = max(per_iteration * iterations[role] for role, (per_iteration, _, _) in calibration.items())
+    benchmark = PairedBenchmark(nodeid, iterations, max(1, round(BATCH_SECONDS / max(round_seconds, 1e-9))))
+    target = pairs
+    while True:
+        while len(benchmark.pairs) < target:
+            order = rng.sample(["base", "head"], 2)
+            pair = {"first": order[0]}
+            for role in order:
+                workers[role].send("rounds", iterations[role], benchmark.rounds_per_batch)
+                pair[role] = workers[role].receive()[1]
+            benchmark.pairs.append(pair)
+        verdict = time_verdict(paired_estimate(benchmark.log_ratios(), alpha), min_effect)
+        undecided = verdict in ("same", "unsure") and not _clearly_same(benchmark.log_ratios(), min_effect)
+        if not undecided or target >= max_pairs:
+            break
+        target = min(2 * target, max_pairs)
+    for worker in workers.values():
+        worker.send("done")
+    return benchmark
+
+
+def _clearly_same(log_ratios: np.ndarray, min_effect: float) -> bool:
+    """Whether the estimate sits within half the minimum effect of 1: no more pairs needed."""
+    return abs(float(np.mean(log_ratios))) < math.log1p(min_effect) / 2
+
+
+def time_verdict(estimate, min_effect: float) -> str:
+    """slower / faster when the bound excludes 1 and the ratio passes 1 + min_effect; unsure when only the bound does."""
+    if estimate.low > 1 and estimate.ratio > 1 + min_effect:
+        return "slower"
+    if estimate.high < 1 and estimate.ratio < 1 / (1 + min_effect):
+        return "faster"
+    if estimate.low > 1 or estimate.high < 1:
+        return "unsure"
+    return "same"
+
+
+def looks(pairs: int, max_pairs: int) -> int:
+    """How many times a benchmark may be judged: at pairs, 2·pairs, 4·pairs, ... up to max_pairs."""
+    count, target = 1, pairs
+    while target < max_pairs:
+        target, count = min(2 * target, max_pairs), count + 1
+    return count
+
+
+def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
+           min_effect: float = MIN_EFFECT, pairs: int = PAIRS, max_pairs: int = MAX_PAIRS,
+           thresholds: Thresholds = Thresholds(), storage: Path | None = None, seed: int | None = None,
+           head_environment: dict[str, str] | None = None, log=print) -> ABResult:
+    """Run both revisions' suites in lockstep and judge every benchmark they share.
+
+    `head_environment` is added to the head worker's environment only (tools/measure_gate.py
+    plants a slowdown with it). Both sides' runs are saved as ordinary pytest-benchmark runs
+    under `storage`.
+    """
+    if not 0 <= min_effect < 10:
+        raise ValueError(f"min_effect={min_effect}: expected a fraction such as 0.05")
+    if not 2 <= pairs <= max_pairs:
+        raise ValueError(f"pairs={pairs}, max_pairs={max_pairs}: expected 2 <= pairs <= max_pairs")
+    started = time.perf_counter()
+    root = repository_root(repository)
+    base, head = make_side(root, "base", base_revision), make_side(root, "head", head_revision)
+    notes = []
+    if declared_dependencies(base) != declared_dependencies(head):
+        notes.append("warning: the two revisions declare different dependencies (pyproject.toml); both sides "
+                     "run with the packages installed here")
+    seed = secrets.randbits(32) if seed is None else seed
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="embedsearch-ab-") as folder:
+        authkey = secrets.token_bytes(16)
+        listener = Listener(str(Path(folder) / "controller.sock"), family="AF_UNIX", authkey=authkey)
+        workers: dict[str, Worker] = {}
+        try:
+            for side in (base, head):
+                workers[side.role] = Worker(side, pytest_args, Path(folder), listener.address, authkey,
+                                            (head_environment or {}) if side is head else {})
+            connect(listener, list(workers.values()))
+            if base.imported_from == head.imported_from and base.commit != head.commit:
+                raise ABError(f"both sides import embedsearch from {base.imported_from}, but their commits differ "
+                              f"({base.commit[:10]} and {head.commit[:10]}): the comparison would time one code twice")
+            for side in (base, head):
+                log(f"{side.role}: {side.revision} = {side.commit[:12]}{'+dirty' if side.commit.endswith('+dirty') else ''}"
+                    f" in {side.tree}; embedsearch from {side.imported_from}")
+            plan, added, removed = agree_on_plan(workers["base"], workers["head"])
+            alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
+            log(f"{len(plan)} benchmarks in common; each look tested at alpha = {ALPHA} / ({len(plan)} x "
+                f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
+            paired = []
+            for position, nodeid in enumerate(plan, 1):
+                messages = {role: worker.receive() for role, worker in workers.items()}
+                for role, message in messages.items():
+                    if message[1] != nodeid:
+                        raise ABError(f"the {role} worker is at {message[1]}, expected {nodeid}")
+                if all(message[0] == "ready" for message in messages.values()):
+                    paired.append(run_pairs(workers, nodeid, rng, pairs, max_pairs, min_effect, alpha))
+                    log(f"[{position}/{len(plan)}] {nodeid}: {len(paired[-1].pairs)} pairs", flush=True)
+                else:
+                    for role, message in messages.items():
+                        if message[0] == "ready":  # the other side skipped or failed before timing
+                            workers[role].send("done")
+                for role, message in messages.items():
+                    finished = message if message[0] == "finished" else workers[role].receive()
+                    workers[role].side.outcomes[nodeid] = finished[2]
+            for worker in workers.values():
+                if worker.process.wait() not in (0, 1):  # 1: a test failed, judged below
+                    raise ABError(f"the {worker.side.role} worker exited with {worker.process.returncode}:\n"
+                                  + worker.log_tail())
+            runs = {role: load_run(worker.json_path) for role, worker in workers.items()}
+        except KeyboardInterrupt:
+            raise ABError("interrupted: both workers stopped; nothing was saved or removed") from None
+        finally:
+            for worker in workers.values():
+                worker.stop()
+            listener.close()
+        saved = []
+        if storage is not None:
+            for role, run in runs.items():
+                side = base if role == "base" else head
+                saved.append(save_run(run.data, storage, f"ab-{role}-{side.commit[:10]}"))
+    report = judge(base, head, paired, runs, min_effect, alpha, thresholds)
+    report.notes = notes + report.notes
+    for nodeid in added:
+        report.notes.append(f"{nodeid}: added in head, not compared")
+    for nodeid in removed:
+        report.notes.append(f"{nodeid}: removed in head, not compared")
+    settings = {"alpha": ALPHA, "alpha_per_look": alpha, "min_effect": min_effect, "pairs": pairs,
+                "max_pairs": max_pairs, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
+                "threads": runs["base"].suite.get("threads"), "tier": runs["base"].suite.get("tier")}
+    return ABResult(base, head, report, paired, added, removed, time.perf_counter() - started, saved, settings)
+
+
+def judge(base: Side, head: Side, paired: list[PairedBenchmark], runs: dict[str, Run], min_effect: float,
+          alpha: float, thresholds: Thresholds) -> GateReport:
+    """The verdicts: time from the pairs, the deterministic figures from both runs, failures on one side."""
+    report = GateReport([])
+    names = {bench["fullname"]: bench["name"] for run in runs.values() for bench in run.data["benchmarks"]}
+    for benchmark in paired:
+        estimate = paired_estimate(benchmark.log_ratios(), alpha)
+        base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
+        head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
+        report.comparisons.append(Comparison(names.get(benchmark.name, benchmark.name), "time", base_median,
+                                             head_median, estimate.ratio, estimate.low, estimate.high,
+                                             time_verdict(estimate, min_effect), pairs=estimate.pairs))
+    base_benchmarks, head_benchmarks = runs["base"].benchmarks, runs["head"].benchmarks
+    for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
+        report.comparisons += compare_figures(name, base_benchmarks[name].get("extra_info") or {},
+                                              head_benchmarks[name].get("extra_info") or {}, thresholds)
+    report.comparisons += compare_exponents(runs["base"], runs["head"], thresholds)
+    for nodeid, outcome in head.outcomes.items():
+        base_outcome = base.outcomes.get(nodeid, "")
+        if outcome.startswith("failed") and not base_outcome.startswith("failed"):
+            report.comparisons.append(Comparison(nodeid, "test", math.nan, math.nan, math.nan, verdict="failed"))
+            report.notes.append(f"{nodeid}: fails on head only: {outcome}")
+        elif outcome.startswith("failed") or base_outcome.startswith("failed"):
+            report.notes.append(f"{nodeid}: base {base_outcome.split(':')[0]}, head {outcome.split(':')[0]}")
+        elif outcome != base_outcome:
+            report.notes.append(f"{nodeid}: base {base_outcome}, head {outcome}: not timed on both sides")
+    return report
+
+
+def markdown_summary(result: ABResult) -> str:
+    """A pull-request comment: regressions, then improvements, then one count line."""
+    report = result.report
+    lines = [f"### embedsearch ab: `{result.base.revision}` ({result.base.commit[:10]}) → "
+             f"`{result.head.revision}` ({result.head.commit[:10]})", ""]
+    rows = [("regression", c) for c in report.regressions] + [("improvement", c) for c in report.improvements]
+    if rows:
+        lines += ["| | benchmark | figure | base | head | ratio | interval | pairs | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for kind, c in rows:
+            interval = f"[{c.low:.3f}, {c.high:.3f}]" if c.low is not None else ""
+            lines.append(f"| {kind} | `{c.name}` | {c.metric} | {format_value(c.metric, c.baseline)} | "
+                         f"{format_value(c.metric, c.current)} | {c.ratio:.3f} | {interval} | {c.pairs or ''} | "
+                         f"{c.verdict} |")
+        lines.append("")
+    timed = [c for c in report.comparisons if c.metric == "time"]
+    lines.append(f"**{len(report.regressions)} regression(s), {len(report.improvements)} improvement(s)** in "
+                 f"{len(timed)} paired benchmarks ({len(report.comparisons)} comparisons, minimum effect "
+                 f"{result.settings['min_effect']:.0%}, {result.seconds:.0f} s)"
+                 + (f"; {len(result.added)} added, {len(result.removed)} removed" if result.added or result.removed
+                    else ""))
+    return "\n".join(lines) + "\n"
+
+
+def result_record(result: ABResult) -> dict:
+    """The JSON record of a gate run: both sides, settings, every pair's times, every comparison."""
+    return {
+        "sides": {side.role: {"revision": side.revision, "commit": side.commit, "tree": str(side.tree),
+                              "embedsearch_imported_from": side.imported_from} for side in (result.base, result.head)},
+        "settings": result.settings, "seconds": result.seconds, "saved_runs": [str(path) for path in result.saved],
+        "added": result.added, "removed": result.removed,
+        "benchmarks": [{"name": b.name, "iterations": b.iterations, "rounds_per_batch": b.rounds_per_batch,
+                        "pairs": b.pairs} for b in result.benchmarks],
+        "comparisons": [{"name": c.name, "metric": c.metric, "base": c.baseline, "head": c.current, "ratio": c.ratio,
+                         "low": c.low, "high": c.high, "pairs": c.pairs, "verdict": c.verdict,
+                         "regression": c.regression} for c in result.report.comparisons],
+        "notes": result.report.notes,
+    }
+
+
+def write_record(result: ABResult, path: Path) -> Path:
+    """Write the JSON record atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(result_record(result), indent=1, default=str), encoding="utf-8")
+    os.replace(partial, path)
+    return path
