@@ -1,15 +1,20 @@
-"""Measure the regression gate on this machine: false alarms on unchanged reruns, detection of planted slowdowns.
+"""Measure a regression gate on this machine: false alarms on unchanged code, detection of planted slowdowns.
 
-Runs the suite (timed, smoke tier by default) once as the baseline, then `--runs` times unchanged
-and `--runs` times with each planted slowdown (perf/harness.py busy-waits for that fraction of
-every timed call except calibration; the library is untouched). Each run is gated against the
-baseline at every minimum effect in `--min-effects`; for each run, the benchmarks any threshold
-suspects are rerun once (a real pytest run of just those), which is the gate's repeat-on-doubt.
+    python tools/measure_gate.py ab --runs 20 --slowdowns 0.05 0.10 -- --perf-tier smoke
+    python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
 
-Prints, per slowdown and minimum effect: runs with an alarm before and after the rerun, and the
-share of slowed benchmarks caught. An unchanged run with any confirmed regression is a false alarm.
+A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/harness.py busy-waits that fraction
+of every timed call except calibration; the library is untouched).
 
-    python tools/measure_gate.py --runs 20 --slowdowns 0.10 0.25
+`ab`: each run is `embedsearch ab HEAD` (base: the HEAD commit's worktree; head: this working
+tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
+The cases (none and each slowdown) take turns, so a change in the machine's load hits them
+alike. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
+caught, the wall time of one gate run next to one timed run of the same tier; and the same
+pairs re-judged at other minimum effects.
+
+`stored`: the stored-baseline gate: one baseline run, then unchanged and slowed runs, each gated
+at several minimum effects with one rerun of the suspects (repeat-on-doubt).
 """
 
 from __future__ import annotations
@@ -25,30 +30,105 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.baseline import Run, Thresholds, compare_runs, confirm_suspects, load_run, rerun_suite
+from embedsearch.ab import ABResult, run_ab, time_verdict
+from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
+from embedsearch.stats import paired_estimate
+from embedsearch.storage import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIBRATION = ("test_matmul", "test_copy", "test_suite")  # never slowed: the machine's yardstick
+UNSLOWED = ("test_matmul", "test_copy", "test_suite")  # calibration: never slowed (perf/conftest.py)
 
 
-def run_suite(output: Path, tier: str, slowdown: float, extra: list[str]) -> Run:
-    """One timed run of the suite, with the planted slowdown, written to `output`."""
+def timed_run(output: Path, slowdown: float, pytest_args: list[str]) -> tuple[Run, float]:
+    """One ordinary timed run of the suite with the planted slowdown; (the run, wall seconds)."""
     environment = dict(os.environ, EMBEDSEARCH_PLANTED_SLOWDOWN=str(slowdown))
-    command = [sys.executable, "-m", "pytest", "--benchmark", f"--perf-tier={tier}", "-q", "-p", "no:cacheprovider",
-               f"--benchmark-json={output}", *extra]
+    command = [sys.executable, "-m", "pytest", "--benchmark", "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={output}", *pytest_args]
+    started = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
     if completed.returncode != 0:
         sys.exit(f"suite run failed (exit {completed.returncode}):\n{completed.stdout[-3000:]}{completed.stderr[-3000:]}")
-    return load_run(output)
+    return load_run(output), time.perf_counter() - started
+
+
+def slowed_names(result: ABResult) -> list[str]:
+    """The paired benchmarks a planted slowdown reaches and whose base median exceeds 1 ms."""
+    return [c.name for c in result.report.comparisons
+            if c.metric == "time" and not c.name.startswith(UNSLOWED) and c.baseline > 1e-3]
+
+
+def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
+    """Benchmarks whose time the same pairs would call slower at another minimum effect."""
+    alpha = result.settings["alpha_per_look"]
+    return {b.name.split("::")[-1] for b in result.benchmarks  # the node id's last part is the benchmark's name
+            if time_verdict(paired_estimate(b.log_ratios(), alpha), min_effect) == "slower"}
+
+
+def measure_ab(args: argparse.Namespace) -> None:
+    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                      capture_output=True, text=True).stdout.strip():
+        sys.exit("the working tree has uncommitted changes: A/A needs the working tree equal to HEAD")
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-ab-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    _, plain_seconds = timed_run(folder / "timed-run.json", 0.0, args.pytest_args)
+    print(f"one timed run (pytest --benchmark {' '.join(args.pytest_args)}): {plain_seconds:.1f} s", flush=True)
+    cases = [0.0, *args.slowdowns]
+    rows: dict[float, list[dict]] = {case: [] for case in cases}
+    started = time.time()
+    for index in range(args.runs):
+        for slowdown in cases:
+            result = run_ab(ROOT, "HEAD", None, args.pytest_args, min_effect=args.min_effect,
+                            head_environment={"EMBEDSEARCH_PLANTED_SLOWDOWN": str(slowdown)}, log=lambda *a, **k: None)
+            slowed = slowed_names(result)
+            time_alarms = {c.name for c in result.report.regressions if c.metric == "time"}
+            row = {"slowdown": slowdown, "seconds": result.seconds, "alarms": [f"{c.name} {c.metric}" for c in
+                                                                                 result.report.regressions],
+                   "slowed": slowed, "caught": sorted(time_alarms & set(slowed)),
+                   "ratios": {c.name: c.ratio for c in result.report.comparisons if c.metric == "time"},
+                   "pairs": {c.name: c.pairs for c in result.report.comparisons if c.metric == "time"},
+                   "rejudged": {str(effect): sorted(rejudged_alarms(result, effect)) for effect in args.rejudge}}
+            rows[slowdown].append(row)
+            print(f"run {index + 1}/{args.runs} slowdown {slowdown:.2f}: {len(row['alarms'])} alarm(s), "
+                  f"{len(row['caught'])}/{len(slowed)} slowed caught, {result.seconds:.0f} s; "
+                  f"{(time.time() - started) / 60:.1f} min", flush=True)
+            (folder / "ab-runs.json").write_text(json.dumps({"timed_run_seconds": plain_seconds,
+                                                             "rows": {str(k): v for k, v in rows.items()}}, indent=1))
+    print(f"\nA/B gate, {args.runs} runs per case, pytest args {' '.join(args.pytest_args)!r}, minimum effect "
+          f"{args.min_effect} ({(time.time() - started) / 60:.1f} min); one timed run: {plain_seconds:.1f} s")
+    print(f"{'planted':>8} {'runs alarmed':>13} {'slowed caught (>1 ms)':>24} {'gate run s (median)':>20} "
+          f"{'x timed run':>12} {'median ratio':>13}")
+    for slowdown, case_rows in rows.items():
+        alarmed = sum(bool(row["alarms"]) for row in case_rows)
+        caught = sum(len(row["caught"]) for row in case_rows)
+        slowed = sum(len(row["slowed"]) for row in case_rows)
+        seconds = float(np.median([row["seconds"] for row in case_rows]))
+        ratio = float(np.median([r for row in case_rows for name, r in row["ratios"].items()
+                                 if not name.startswith(UNSLOWED)]))
+        share = f"{caught}/{slowed} = {caught / slowed:.1%}" if slowdown else "-"
+        print(f"{slowdown:>8.0%} {alarmed:>7}/{len(case_rows):<5} {share:>24} {seconds:>20.1f} "
+              f"{seconds / plain_seconds:>12.2f} {ratio:>13.3f}")
+    print("\nthe same pairs re-judged at other minimum effects (runs alarmed on time; slowed caught):")
+    for effect in args.rejudge:
+        cells = []
+        for slowdown, case_rows in rows.items():
+            alarmed = sum(bool(row["rejudged"][str(effect)]) for row in case_rows)
+            caught = sum(len(set(row["rejudged"][str(effect)]) & set(row["slowed"])) for row in case_rows)
+            slowed = sum(len(row["slowed"]) for row in case_rows)
+            cells.append(f"{slowdown:.0%}: {alarmed}/{len(case_rows)}" + (f", {caught / slowed:.1%}" if slowdown else ""))
+        print(f"  min effect {effect:.2f}: " + "; ".join(cells))
+    for row in rows[0.0]:
+        if row["alarms"]:
+            print(f"false alarm: {'; '.join(row['alarms'])}")
+    print(f"runs kept in {folder}")
 
 
 def rerun_with(slowdown: float):
-    """The gate's rerun, under the same planted slowdown as the run it confirms."""
+    """The stored gate's rerun, in this checkout, under the same planted slowdown as the run it confirms."""
     def rerun(run: Run, names: list[str]) -> Run:
         previous = os.environ.get("EMBEDSEARCH_PLANTED_SLOWDOWN")
         os.environ["EMBEDSEARCH_PLANTED_SLOWDOWN"] = str(slowdown)
         try:
-            return rerun_suite(run, names)
+            return rerun_suite(run, names, ROOT)
         finally:
             if previous is None:
                 os.environ.pop("EMBEDSEARCH_PLANTED_SLOWDOWN")
@@ -57,70 +137,58 @@ def rerun_with(slowdown: float):
     return rerun
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="reruns per condition (default 20)")
-    parser.add_argument("--slowdowns", type=float, nargs="+", default=[0.10, 0.25],
-                        help="planted slowdowns as fractions (default 0.10 0.25)")
-    parser.add_argument("--min-effects", type=float, nargs="+", default=[0.05, 0.10, 0.15],
-                        help="gate minimum effects to evaluate (default 0.05 0.10 0.15)")
-    parser.add_argument("--tier", default="smoke", choices=("smoke", "default", "full"))
-    parser.add_argument("--keep", type=Path, default=None, help="keep every run's JSON in this folder")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    args = parser.parse_args()
-    if args.runs < 1 or any(s <= 0 for s in args.slowdowns) or any(m < 0 for m in args.min_effects):
-        parser.error("expected --runs >= 1, slowdowns > 0 and min effects >= 0")
+def measure_stored(args: argparse.Namespace) -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-gate-"))
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    baseline = run_suite(folder / "baseline.json", args.tier, 0.0, args.pytest_args)
-    print(f"baseline: {len(baseline.benchmarks)} benchmarks, tier {args.tier}", flush=True)
-    thresholds = {effect: Thresholds(min_effect=effect) for effect in args.min_effects}
+    baseline, _ = timed_run(folder / "baseline.json", 0.0, args.pytest_args)
+    print(f"baseline: {len(baseline.benchmarks)} benchmarks", flush=True)
     results = {}  # (slowdown, effect) -> list of (alarm before rerun, alarm after, caught, slowed)
-    medians: dict[float, dict[str, list[float]]] = {}  # slowdown -> benchmark -> medians over runs
     for slowdown in [0.0, *args.slowdowns]:
         for index in range(args.runs):
-            run = run_suite(folder / f"run-{slowdown:.2f}-{index:02d}.json", args.tier, slowdown, args.pytest_args)
-            for name, bench in run.benchmarks.items():
-                medians.setdefault(slowdown, {}).setdefault(name, []).append(bench["stats"]["median"])
-            reports = {effect: compare_runs(baseline, run, t) for effect, t in thresholds.items()}
+            run, _ = timed_run(folder / f"run-{slowdown:.2f}-{index:02d}.json", slowdown, args.pytest_args)
+            reports = {effect: compare_runs(baseline, run, effect) for effect in args.min_effects}
             suspects = sorted({c.name for report in reports.values() for c in report.suspects})
             rerun = rerun_with(slowdown)(run, suspects) if suspects else None
-            slowed = [name for name in run.benchmarks if not name.startswith(CALIBRATION)]
+            slowed = [name for name in run.benchmarks if not name.startswith(UNSLOWED)]
             for effect, report in reports.items():
                 before = bool(report.regressions)
                 if rerun is not None:
-                    confirm_suspects(report, baseline, rerun, thresholds[effect])
+                    confirm_suspects(report, baseline, rerun, effect)
                 time_regressions = {c.name for c in report.regressions if c.metric == "time"}
-                after = bool(report.regressions)
                 results.setdefault((slowdown, effect), []).append(
-                    (before, after, len(time_regressions & set(slowed)), len(slowed),
-                     [f"{c.name} {c.metric}" for c in report.regressions]))
+                    (before, bool(report.regressions), len(time_regressions & set(slowed)), len(slowed)))
             print(f"slowdown {slowdown:.2f} run {index + 1}/{args.runs}: {len(suspects)} suspect(s) rerun; "
                   f"{(time.time() - started) / 60:.1f} min", flush=True)
-    print(f"\nGate measured on {args.runs} runs per condition, tier {args.tier}, against one baseline run "
-          f"({(time.time() - started) / 60:.1f} min):")
-    print(f"{'slowdown':>8} {'min effect':>10} {'runs alarmed (no rerun)':>24} {'runs alarmed (rerun)':>21} "
-          f"{'slowed benchmarks caught':>25}")
+    print(f"\nstored-baseline gate, {args.runs} runs per condition ({(time.time() - started) / 60:.1f} min):")
+    print(f"{'slowdown':>8} {'min effect':>10} {'alarmed (no rerun)':>19} {'alarmed (rerun)':>16} {'slowed caught':>20}")
     for (slowdown, effect), rows in sorted(results.items()):
-        before = sum(row[0] for row in rows)
-        after = sum(row[1] for row in rows)
         caught, slowed = sum(row[2] for row in rows), sum(row[3] for row in rows)
         share = f"{caught}/{slowed} = {caught / slowed:.1%}" if slowdown else "-"
-        print(f"{slowdown:>8.2f} {effect:>10.2f} {before:>18}/{len(rows):<5} {after:>15}/{len(rows):<5} {share:>25}")
-    for slowdown in args.slowdowns:
-        delivered = [np.median(medians[slowdown][name]) / np.median(medians[0.0][name])
-                     for name in medians[slowdown] if name in medians[0.0] and not name.startswith(CALIBRATION)]
-        print(f"planted {slowdown:.0%}: delivered slowdown (median over runs, planted / unchanged), "
-              f"across benchmarks: median {np.median(delivered) - 1:+.1%}, "
-              f"range {min(delivered) - 1:+.1%} .. {max(delivered) - 1:+.1%}")
-    for (slowdown, effect), rows in sorted(results.items()):
-        if slowdown == 0:
-            for row in rows:
-                if row[1]:
-                    print(f"false alarm at min effect {effect:.2f}: {'; '.join(row[4])}")
-    (folder / "summary.json").write_text(json.dumps({f"{s}-{e}": rows for (s, e), rows in results.items()}, indent=1))
+        print(f"{slowdown:>8.2f} {effect:>10.2f} {sum(r[0] for r in rows):>13}/{len(rows):<5} "
+              f"{sum(r[1] for r in rows):>10}/{len(rows):<5} {share:>20}")
     print(f"runs kept in {folder}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("gate", choices=("ab", "stored"), help="which gate to measure")
+    parser.add_argument("--runs", type=int, default=20, help="runs per case (default 20)")
+    parser.add_argument("--slowdowns", type=float, nargs="+", default=[0.05, 0.10],
+                        help="planted slowdowns as fractions (default 0.05 0.10)")
+    parser.add_argument("--min-effect", type=float, default=0.05, help="ab: the gate's minimum effect (default 0.05)")
+    parser.add_argument("--rejudge", type=float, nargs="+", default=[0.03, 0.05, 0.10],
+                        help="ab: minimum effects to re-judge the same pairs at (default 0.03 0.05 0.10)")
+    parser.add_argument("--min-effects", type=float, nargs="+", default=[0.05, 0.10, 0.15],
+                        help="stored: minimum effects to evaluate (default 0.05 0.10 0.15)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep every run's record in this folder")
+    argv = sys.argv[1:]
+    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.pytest_args = pytest_args
+    if args.runs < 1 or any(s <= 0 for s in args.slowdowns):
+        parser.error("expected --runs >= 1 and slowdowns > 0")
+    (measure_ab if args.gate == "ab" else measure_stored)(args)
     return 0
 
 
