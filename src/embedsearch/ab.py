@@ -12,7 +12,8 @@ benchmarking, Chromium Pinpoint):
    alternate in random order: a pair is one batch of each side, seconds apart.
 3. A pair's log-ratio is log(median head round / median base round). The verdict comes from
    their mean and a Student-t bound (`stats.paired_estimate`), sequentially: `pairs` pairs, then
-   twice and four times as many for suspects, up to `max_pairs`. Every look of every benchmark is
+   twice and four times as many for suspects (leaning slower by half the minimum effect, not
+   yet proven), up to `max_pairs`. Every look of every benchmark is
    tested at ALPHA / (benchmarks x looks) (Bonferroni), so a whole run stays within a false-alarm
    rate of ALPHA whatever the dependence between tests. A regression needs the bound above 1 and
    the ratio above 1 + min_effect.
@@ -284,19 +285,15 @@ def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs
                 workers[role].send("rounds", iterations[role], benchmark.rounds_per_batch)
                 pair[role] = workers[role].receive()[1]
             benchmark.pairs.append(pair)
-        verdict = time_verdict(paired_estimate(benchmark.log_ratios(), alpha), min_effect)
-        undecided = verdict in ("same", "unsure") and not _clearly_same(benchmark.log_ratios(), min_effect)
-        if not undecided or target >= max_pairs:
+        estimate = paired_estimate(benchmark.log_ratios(), alpha)
+        # Only a possible regression earns more pairs: leaning slower by half the minimum effect, not yet proven.
+        suspect = estimate.ratio > 1 + min_effect / 2 and time_verdict(estimate, min_effect) != "slower"
+        if not suspect or target >= max_pairs:
             break
         target = min(2 * target, max_pairs)
     for worker in workers.values():
         worker.send("done")
     return benchmark
-
-
-def _clearly_same(log_ratios: np.ndarray, min_effect: float) -> bool:
-    """Whether the estimate sits within half the minimum effect of 1: no more pairs needed."""
-    return abs(float(np.mean(log_ratios))) < math.log1p(min_effect) / 2
 
 
 def time_verdict(estimate, min_effect: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ def ab_command(args: argparse.Namespace) -> int:
             raise ValueError(f"--{option}={path}: expected a file path in an existing folder")
     from pytest_benchmark.utils import get_machine_id
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a killed job ends its workers as Ctrl-C does
     root = Path(args.repo).resolve()
     result = run_ab(root, args.base, args.head, args.pytest_args, args.min_effect, args.pairs, args.max_pairs,
                     storage=root / ".benchmarks" / get_machine_id())

@@ -29,11 +29,22 @@ _channel = None  # the connection to the controller, set in pytest_configure
 
 
 def _send(*message) -> None:
-    _channel.send(message)
+    try:
+        _channel.send(message)
+    except OSError:
+        _controller_gone()
 
 
 def _receive() -> tuple:
-    return _channel.recv()
+    try:
+        return _channel.recv()
+    except (EOFError, OSError):
+        _controller_gone()
+
+
+def _controller_gone() -> None:
+    """The controller died (killed, crashed): nobody will read this side's results, so stop now."""
+    os._exit(3)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,210 @@
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedsearch import cli
+from embedsearch.ab import ABError, judge, looks, run_pairs, time_verdict
+from embedsearch.compare import Thresholds
+from embedsearch.stats import PairedEstimate
+
+ROOT = Path(__file__).resolve().parents[1]
+# FAISS Flat and TorchFlat, 5000 x 64, one thread: a 2-thread OpenMP search stalls whenever other jobs take a core
+SMALL = ["--perf-tier=smoke", "--no-perf-memory", "--perf-threads=1", "-k", "test_brute_force"]
+
+
+class FakeWorker:
+    """A worker whose rounds take `seconds` per iteration times log-normal noise: answers the lockstep protocol."""
+
+    def __init__(self, seconds: float, noise: float, seed: int):
+        self.seconds, self.noise, self.rng = seconds, noise, np.random.default_rng(seed)
+        self.replies: list[tuple] = []
+        self.commands: list[tuple] = []
+
+    def send(self, *message) -> None:
+        self.commands.append(message)
+        if message[0] == "calibrate":
+            self.replies.append(("calibrated", self.seconds * 2, 2, False))
+        elif message[0] == "rounds":
+            self.replies.append(("times", list(self.seconds * np.exp(self.rng.normal(0, self.noise, message[2])))))
+
+    def receive(self) -> tuple:
+        return self.replies.pop(0)
+
+
+def paired_run(head_seconds: float, noise: float, seed: int):
+    workers = {"base": FakeWorker(1e-3, noise, seed), "head": FakeWorker(head_seconds, noise, seed + 1)}
+    benchmark = run_pairs(workers, "perf/bench_x.py::test_x", random.Random(seed), pairs=10, max_pairs=40,
+                          min_effect=0.05, alpha=0.05 / 40 / 3)
+    return benchmark, workers
+
+
+def test_lockstep_pairs_alternate_in_random_order_with_equal_iterations():
+    benchmark, workers = paired_run(1e-3, 0.01, seed=0)
+    assert benchmark.iterations == {"base": 2, "head": 2}
+    assert benchmark.rounds_per_batch == 20  # 0.04 s batches of 2 ms rounds
+    firsts = [pair["first"] for pair in benchmark.pairs]
+    assert set(firsts) == {"base", "head"}
+    assert all(command == ("rounds", 2, 20) for worker in workers.values() for command in worker.commands[1:-1])
+    assert [worker.commands[-1] for worker in workers.values()] == [("done",), ("done",)]
+
+
+def test_sequential_pairs_stop_early_when_clear_and_extend_for_suspects():
+    same, _ = paired_run(1e-3, 0.02, seed=1)
+    assert len(same.pairs) == 10  # clearly the same: no more pairs
+    slower, _ = paired_run(1.20e-3, 0.02, seed=2)
+    assert len(slower.pairs) == 10  # clearly slower at the first look
+    suspect, _ = paired_run(1.04e-3, 0.05, seed=3)
+    assert len(suspect.pairs) in (20, 40)  # between: doubled, up to 40
+    assert looks(10, 40) == 3 and looks(10, 10) == 1 and looks(6, 20) == 3
+
+
+@pytest.mark.parametrize("estimate, verdict", [
+    (PairedEstimate(10, 1.20, 1.10, 1.30), "slower"),
+    (PairedEstimate(10, 1.03, 1.01, 1.05), "unsure"),  # significant, below the 5% minimum effect
+    (PairedEstimate(10, 1.20, 0.95, 1.50), "same"),  # large but not significant
+    (PairedEstimate(10, 0.80, 0.70, 0.90), "faster"),
+])
+def test_time_verdict_needs_the_bound_and_the_minimum_effect(estimate, verdict):
+    assert time_verdict(estimate, 0.05) == verdict
+
+
+def test_judge_flags_a_test_failing_on_head_only():
+    from embedsearch.ab import Side
+    from saved_runs import make_run
+
+    base = Side("base", "a", "1" * 40, Path("."), outcomes={"t::x": "passed", "t::y": "failed in call: boom"})
+    head = Side("head", "b", "2" * 40, Path("."), outcomes={"t::x": "failed in call: assert 0.5 == 1.0",
+                                                              "t::y": "failed in call: boom"})
+    runs = {"base": make_run({"x": ([1.0], {"recall": 1.0})}), "head": make_run({"x": ([1.0], {"recall": 0.5})})}
+    report = judge(base, head, [], runs, 0.05, 0.01, Thresholds())
+    assert sorted((c.name, c.metric) for c in report.regressions) == [("t::x", "test"), ("x", "recall")]
+    assert any("t::y: base failed in call, head failed in call" in note for note in report.notes)
+
+
+# End to end, in a temporary git repository holding the project at several commits.
+
+def git(repository: Path, *arguments: str) -> str:
+    return subprocess.run(["git", "-C", str(repository), *arguments], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict[str, str]:
+    """The project committed as it is, then a commit whose search does about 50% more work."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git checkout of the project")
+    repository = tmp_path_factory.mktemp("project")
+    tracked = git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file() and not name.startswith("fixtures/baselines"):
+            (repository / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repository / name)
+    git(repository, "init", "-q")
+    for key, value in (("user.email", "ab@test"), ("user.name", "ab test"), ("commit.gpgsign", "false")):
+        git(repository, "config", key, value)
+    git(repository, "add", "-A")
+    git(repository, "commit", "-qm", "base")
+    commits = {"base": git(repository, "rev-parse", "HEAD")}
+    index_py = repository / "src" / "embedsearch" / "index.py"
+    source = index_py.read_text()
+    planted = source.replace("        return self._search(queries, k)\n",
+                             "        self._search(queries[: max(1, len(queries) // 2)], k)  # planted: +50% work\n"
+                             "        return self._search(queries, k)\n")
+    assert planted != source
+    index_py.write_text(planted)
+    git(repository, "commit", "-qam", "search does 50% more work")
+    commits["slower"] = git(repository, "rev-parse", "HEAD")
+    commits["repository"] = str(repository)
+    return commits
+
+
+def ab(project: dict, *arguments: str) -> tuple[int, str, str]:
+    completed = subprocess.run([sys.executable, "-m", "embedsearch.cli", "ab", *arguments],
+                               cwd=project["repository"], capture_output=True, text=True)
+    return completed.returncode, completed.stdout, completed.stderr
+
+
+def test_ab_catches_a_slower_search_and_passes_unchanged_code(project, tmp_path):
+    # min effect 0.25: the test must not depend on this machine's noise; the planted 50% clears it
+    options = ["--pairs", "8", "--max-pairs", "16", "--min-effect", "0.25"]
+    record = tmp_path / "slower.json"
+    summary = tmp_path / "summary.md"
+    code, out, err = ab(project, project["base"], project["slower"], *options, "--json", str(record),
+                        "--markdown", str(summary), "--", *SMALL)
+    assert code == 1, out + err
+    assert re.search(r"test_brute_force\[Flat-n5000\S*\s+time .* slower -> REGRESSION", out), out
+    assert "| regression | `test_brute_force[Flat-n5000" in summary.read_text()
+    assert f"embedsearch from {project['repository']}/.git/embedsearch-ab/{project['slower']}/src/embedsearch" in out
+    import json
+
+    pairs = json.loads(record.read_text())["benchmarks"][0]["pairs"]
+    assert len(pairs) >= 6 and {"first", "base", "head"} <= set(pairs[0])
+    saved = sorted(Path(project["repository"], ".benchmarks").rglob("*_ab-*.json"))
+    assert [path.name.split("_", 1)[1][:7] for path in saved] == ["ab-base", "ab-head"]
+
+    code, out, err = ab(project, project["slower"], *options, "--", *SMALL)  # A/A: HEAD against the working tree
+    assert code == 0, out + err
+    assert "0 regression(s)" in out and "embedsearch from " + project["repository"] + "/src/embedsearch" in out
+
+
+def test_ab_bad_input_exits_2_naming_the_problem(project, tmp_path):
+    code, _, err = ab(project, "no-such-revision", "--", *SMALL)
+    assert code == 2 and "unknown revision 'no-such-revision'" in err
+    code, _, err = ab(project, "HEAD", "--repo", str(tmp_path), "--", *SMALL)
+    assert code == 2 and "not a git repository" in err
+    code, _, err = ab(project, project["base"], "--", "--perf-tier=smoke", "-k", "no_benchmark_matches_this")
+    assert code == 2 and "no benchmark in common" in err
+    code, _, err = ab(project, project["base"], "--", "--perf-tier=nonexistent")
+    assert code == 2 and "failed before collecting" in err and "--perf-tier" in err
+    broken = Path(project["repository"]) / "perf" / "bench_zz_broken.py"
+    broken.write_text("import nonexistent_module_for_the_test\n")
+    try:
+        code, _, err = ab(project, project["base"], "--", *SMALL)
+    finally:
+        broken.unlink()
+    assert code == 2 and "could not collect the head side" in err and "nonexistent_module_for_the_test" in err
+    code, _, err = ab(project, project["base"], "--pairs", "1", "--", *SMALL)
+    assert code == 2 and "pairs=1" in err
+
+
+def test_ab_refuses_two_commits_that_import_the_same_files(project, tmp_path):
+    repository = tmp_path / "without-src"
+    shutil.copytree(project["repository"], repository, ignore=shutil.ignore_patterns(".cache", ".benchmarks"))
+    shutil.rmtree(repository / ".git" / "embedsearch-ab", ignore_errors=True)
+    git(repository, "worktree", "prune")
+    git(repository, "rm", "-rq", "src")  # both commits import the installed embedsearch
+    git(repository, "commit", "-qm", "no src")
+    (repository / "README.md").write_text("changed\n")
+    git(repository, "commit", "-qam", "another commit")
+    code, _, err = ab({"repository": str(repository)}, "HEAD~1", "HEAD", "--", *SMALL)
+    assert code == 2 and "both sides import embedsearch from" in err and "commits differ" in err
+
+
+def test_ctrl_c_ends_both_workers_and_removes_nothing(project):
+    repository = Path(project["repository"])
+    before = sorted(path for path in repository.rglob("*") if ".git" not in path.parts)
+    controller = subprocess.Popen([sys.executable, "-m", "embedsearch.cli", "ab", project["base"], "--pairs", "40",
+                                   "--max-pairs", "40", "--", "--perf-tier=smoke", "--no-perf-memory"],
+                                  cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    for line in controller.stdout:  # wait until both workers are timing
+        if line.startswith("[1/") or time.monotonic() > deadline:
+            break
+    controller.send_signal(signal.SIGINT)
+    _, err = controller.communicate(timeout=60)
+    assert controller.returncode == 2 and "interrupted" in err
+    workers = subprocess.run(["pgrep", "-f", "embedsearch_lockstep"], capture_output=True, text=True).stdout.split()
+    assert [pid for pid in workers if Path(f"/proc/{pid}/cwd").resolve().is_relative_to(repository)] == []
+    after = sorted(path for path in repository.rglob("*") if ".git" not in path.parts)
+    assert set(before) <= set(after)  # nothing the user had is gone
+    assert (repository / ".git" / "embedsearch-ab" / project["base"]).is_dir()  # the cached worktree stays
