@@ -78,3 +78,20 @@ def test_a_killed_writer_leaves_a_temporary_that_the_next_save_removes(tmp_path)
     mine = tmp_path / f".saving-{os.getpid()}-live.tmp"  # a live writer's temporary is left alone
     mine.write_text("")
     assert remove_stale_temporaries(tmp_path) == [] and mine.exists()
+
+
+def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
+    from embedsearch.storage import write_atomically
+
+    target = tmp_path / "sub" / "record.json"
+    write_atomically(target, lambda stream: stream.write(b"old"))
+
+    def interrupted(stream):
+        stream.write(b"half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, interrupted)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in target.parent.iterdir()) == ["record.json"]
+    write_atomically(target, lambda stream: stream.write(b"new"))
+    assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) == "0o644"

@@ -44,7 +44,7 @@ import numpy as np
 
 from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
 from .stats import paired_estimate
-from .storage import Run, load_run, save_run
+from .storage import Run, load_run, save_run, write_atomically
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
 MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
@@ -472,8 +472,5 @@ def result_record(result: ABResult) -> dict:
 
 def write_record(result: ABResult, path: Path) -> Path:
     """Write the JSON record atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(result_record(result), indent=1, default=str), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    text = json.dumps(result_record(result), indent=1, default=str).encode()
+    return write_atomically(path, lambda stream: stream.write(text))

@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 RUN_NAME = re.compile(r"^(\d{4})_.*\.json$")
 TEMPORARY_PREFIX = ".saving-"  # + writer pid + "-" + random, then ".tmp"
@@ -148,6 +149,29 @@ def save_run(data: dict, folder: str | Path, name: str) -> Path:
                 claim.unlink(missing_ok=True)
     finally:
         os.unlink(temporary)
+
+
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Create or replace `path` with what `write(stream)` writes: readers see the old file or the whole new one.
+
+    The temporary sits beside the target (same file system, so the final rename is atomic) and is
+    named after the writer's pid, so `remove_stale_temporaries` can clear one left by a killed writer.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
 
 
 def _run_numbers(folder: Path) -> list[int]:
