@@ -177,8 +177,10 @@ class Worker:
         command = [sys.executable, "-m", "pytest", "-p", "embedsearch_lockstep", "-p", "no:cacheprovider", "-q",
                    "--benchmark", f"--benchmark-json={self.json_path}", *pytest_args]
         with open(self.log_path, "wb") as log:
+            # Its own process group: a terminal's Ctrl-C reaches the controller, which ends both workers.
+            # Not its own session: the workers stay in the controller's scheduling autogroup.
             self.process = subprocess.Popen(command, cwd=side.tree, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, process_group=0)
         self.connection: Connection | None = None
 
     def send(self, *message) -> None:
