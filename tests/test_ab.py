@@ -48,12 +48,13 @@ def paired_run(head_seconds: float, noise: float, seed: int):
     return benchmark, workers
 
 
-def test_lockstep_pairs_alternate_in_random_order_with_equal_iterations():
+def test_lockstep_pairs_come_in_blocks_of_both_orders_with_equal_iterations():
     benchmark, workers = paired_run(1e-3, 0.01, seed=0)
     assert benchmark.iterations == {"base": 2, "head": 2}
     assert benchmark.rounds_per_batch == 20  # 0.04 s batches of 2 ms rounds
     firsts = [pair["first"] for pair in benchmark.pairs]
-    assert set(firsts) == {"base", "head"}
+    assert all({firsts[i], firsts[i + 1]} == {"base", "head"} for i in range(0, len(firsts), 2))
+    assert firsts[:2] != firsts[2:4] or firsts[2:4] != firsts[4:6]  # the blocks' order is random
     assert all(command == ("rounds", 2, 20) for worker in workers.values() for command in worker.commands[1:-1])
     assert [worker.commands[-1] for worker in workers.values()] == [("done",), ("done",)]
 
@@ -78,15 +79,33 @@ def test_time_verdict_needs_the_bound_and_the_minimum_effect(estimate, verdict):
     assert time_verdict(estimate, 0.05) == verdict
 
 
+def test_a_slower_first_pass_is_a_regression_only_when_fresh_workers_confirm_it():
+    from embedsearch.ab import PairedBenchmark, Session, Side
+    from saved_runs import make_run
+
+    def paired(name: str, ratio: float) -> PairedBenchmark:
+        return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
+            {"first": first, "base": [1e-3], "head": [ratio * 1e-3 * (1 + 0.002 * (-1) ** i)]}
+            for i in range(10) for first in ("base", "head")])
+
+    runs = {role: make_run({"x": ([1.0], {}), "y": ([1.0], {})}) for role in ("base", "head")}
+    first = Session([paired("perf/b.py::x", 1.2), paired("perf/b.py::y", 1.2)], [], [], [], runs)
+    confirmation = Session([paired("perf/b.py::x", 1.2), paired("perf/b.py::y", 1.0)], [], [], [], runs)
+    sides = [Side(role, role, role * 10, Path(".")) for role in ("base", "head")]
+    report = judge(*sides, first, confirmation, 0.05, 1e-3, Thresholds())
+    verdicts = {c.name: (c.verdict, c.rerun.verdict, c.regression) for c in report.comparisons}
+    assert verdicts == {"perf/b.py::x": ("slower", "slower", True), "perf/b.py::y": ("slower", "same", False)}
+
+
 def test_judge_flags_a_test_failing_on_head_only():
-    from embedsearch.ab import Side
+    from embedsearch.ab import Session, Side
     from saved_runs import make_run
 
     base = Side("base", "a", "1" * 40, Path("."), outcomes={"t::x": "passed", "t::y": "failed in call: boom"})
     head = Side("head", "b", "2" * 40, Path("."), outcomes={"t::x": "failed in call: assert 0.5 == 1.0",
                                                               "t::y": "failed in call: boom"})
     runs = {"base": make_run({"x": ([1.0], {"recall": 1.0})}), "head": make_run({"x": ([1.0], {"recall": 0.5})})}
-    report = judge(base, head, [], runs, 0.05, 0.01, Thresholds())
+    report = judge(base, head, Session([], [], [], [], runs), None, 0.05, 0.01, Thresholds())
     assert sorted((c.name, c.metric) for c in report.regressions) == [("t::x", "test"), ("x", "recall")]
     assert any("t::y: base failed in call, head failed in call" in note for note in report.notes)
 
@@ -173,8 +192,8 @@ def test_ab_bad_input_exits_2_naming_the_problem(project, tmp_path):
     finally:
         broken.unlink()
     assert code == 2 and "could not collect the head side" in err and "nonexistent_module_for_the_test" in err
-    code, _, err = ab(project, project["base"], "--pairs", "1", "--", *SMALL)
-    assert code == 2 and "pairs=1" in err
+    code, _, err = ab(project, project["base"], "--pairs", "3", "--", *SMALL)
+    assert code == 2 and "pairs=3" in err
 
 
 def test_ab_refuses_two_commits_that_import_the_same_files(project, tmp_path):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from embedsearch.stats import bootstrap_ratio, paired_estimate, scaling_exponents
+from embedsearch.stats import bootstrap_ratio, crossover_estimate, scaling_exponents
 from saved_runs import noisy
 
 
@@ -29,34 +29,44 @@ def test_scaling_exponent_is_fitted_on_log_log_medians():
     assert 0 < fits["test_scaling spec=HNSW32 d=64"] < 0.2
 
 
-def test_paired_estimate_is_the_geometric_mean_with_a_student_t_interval():
-    log_ratios = np.log([1.10, 1.12, 1.08, 1.11, 1.09])
-    estimate = paired_estimate(log_ratios, alpha=0.025)
-    mean, sd = log_ratios.mean(), log_ratios.std(ddof=1)
-    half = 2.7764451051977987 * sd / math.sqrt(5)  # t(0.975, 4 degrees of freedom)
-    assert estimate.pairs == 5
+def test_crossover_estimate_averages_the_two_orders_with_a_pooled_student_t_interval():
+    base_first = np.log([1.30, 1.32, 1.28])  # head ran second: +period effect
+    head_first = np.log([1.02, 1.00, 0.98])  # base ran second: -period effect
+    estimate = crossover_estimate(base_first, head_first, alpha=0.025)
+    mean = (base_first.mean() + head_first.mean()) / 2
+    pooled = (((base_first - base_first.mean()) ** 2).sum() + ((head_first - head_first.mean()) ** 2).sum()) / 4
+    half = 2.7764451051977987 * 0.5 * math.sqrt(pooled * (1 / 3 + 1 / 3))  # t(0.975, 4 degrees of freedom)
+    assert estimate.pairs == 6
     assert estimate.ratio == pytest.approx(math.exp(mean), rel=1e-12)
     assert (estimate.low, estimate.high) == (pytest.approx(math.exp(mean - half), rel=1e-9),
                                              pytest.approx(math.exp(mean + half), rel=1e-9))
-    assert paired_estimate(np.array([0.1]), 0.05).high == math.inf  # one pair bounds nothing
+    # the order effect (about 14% here) is gone from the estimate, and from the interval's width
+    assert 1.14 < estimate.ratio < 1.15 and estimate.high / estimate.low < 1.06
+    assert crossover_estimate(np.array([0.1]), np.array([0.2]), 0.05).high == math.inf  # 2 pairs bound nothing
 
 
-def test_paired_estimate_detects_known_effects_and_holds_its_level_on_no_effect():
+def test_crossover_estimate_detects_known_effects_and_holds_its_level_on_no_effect():
     rng = np.random.default_rng(7)
     alpha = 0.05 / 40
-    # 10% slower with 5% pair-to-pair noise: 20 pairs put the bound above 1 every time
-    slower = [paired_estimate(rng.normal(math.log(1.10), 0.05, 20), alpha) for _ in range(200)]
+
+    def pairs(effect: float, order: float, noise: float, n: int = 10):
+        return (rng.normal(math.log(effect) + order, noise, n), rng.normal(math.log(effect) - order, noise, n))
+
+    # 10% slower with 5% pair-to-pair noise and a 20% order effect: 20 pairs put the bound above 1 every time
+    slower = [crossover_estimate(*pairs(1.10, 0.2, 0.05), alpha) for _ in range(200)]
     assert sum(estimate.low > 1 for estimate in slower) == 200
-    # no effect: the one-sided test fires at its level alpha = 0.00125 (here 6 of 4000 seeded trials)
-    same = [paired_estimate(rng.normal(0.0, 0.05, 20), alpha) for _ in range(4000)]
+    # no effect: the one-sided test fires at its level alpha = 0.00125, 5 of 4000 expected (here 6, seeded)
+    same = [crossover_estimate(*pairs(1.0, 0.2, 0.05), alpha) for _ in range(4000)]
     assert sum(estimate.low > 1 for estimate in same) == 6
     # one wild pair widens the interval instead of moving it past 1
-    outlier = np.r_[rng.normal(0.0, 0.02, 19), math.log(3.0)]
-    assert paired_estimate(outlier, alpha).low < 1
+    base_first, head_first = pairs(1.0, 0.0, 0.02)
+    base_first[0] = math.log(3.0)
+    assert crossover_estimate(base_first, head_first, alpha).low < 1
 
 
-@pytest.mark.parametrize("values, alpha", [(np.array([]), 0.05), (np.array([0.1, np.nan]), 0.05),
-                                           (np.array([0.1, 0.2]), 0.0), (np.array([0.1, 0.2]), 0.6)])
-def test_paired_estimate_refuses_impossible_input(values, alpha):
+@pytest.mark.parametrize("base_first, head_first, alpha", [
+    (np.array([]), np.array([0.1]), 0.05), (np.array([0.1, np.nan]), np.array([0.1]), 0.05),
+    (np.array([0.1, 0.2]), np.array([0.1]), 0.0), (np.array([0.1, 0.2]), np.array([0.1]), 0.6)])
+def test_crossover_estimate_refuses_impossible_input(base_first, head_first, alpha):
     with pytest.raises(ValueError):
-        paired_estimate(values, alpha)
+        crossover_estimate(base_first, head_first, alpha)

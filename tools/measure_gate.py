@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import ABResult, run_ab, time_verdict
+from embedsearch.ab import ABResult, estimate, run_ab, time_verdict
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
-from embedsearch.stats import paired_estimate
 from embedsearch.storage import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,10 +57,19 @@ def slowed_names(result: ABResult) -> list[str]:
 
 
 def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
-    """Benchmarks whose time the same pairs would call slower at another minimum effect."""
+    """Benchmarks the same pairs would call slower, and confirm, at another minimum effect.
+
+    Approximate: the sequential pairs and the confirmation pass ran for the gate's own minimum
+    effect, so a benchmark the gate did not suspect has no confirmation pairs to judge.
+    """
     alpha = result.settings["alpha_per_look"]
+    confirmed = {b.name: b for b in result.confirmations}
+
+    def slower(benchmark) -> bool:
+        return time_verdict(estimate(benchmark, alpha), min_effect) == "slower"
+
     return {b.name.split("::")[-1] for b in result.benchmarks  # the node id's last part is the benchmark's name
-            if time_verdict(paired_estimate(b.log_ratios(), alpha), min_effect) == "slower"}
+            if slower(b) and b.name in confirmed and slower(confirmed[b.name])}
 
 
 def measure_ab(args: argparse.Namespace) -> None:

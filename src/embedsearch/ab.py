@@ -9,14 +9,18 @@ benchmarking, Chromium Pinpoint):
    `embedsearch_lockstep` plugin, which hands each benchmark's timed rounds to this controller.
 2. Both sides collect; the benchmarks both hold run in the same order. For each, both sides set
    up, then batches of rounds (about `BATCH_SECONDS` each, the same iterations on both sides)
-   alternate in random order: a pair is one batch of each side, seconds apart.
-3. A pair's log-ratio is log(median head round / median base round). The verdict comes from
-   their mean and a Student-t bound (`stats.paired_estimate`), sequentially: `pairs` pairs, then
-   twice and four times as many for suspects (leaning slower by half the minimum effect, not
-   yet proven), up to `max_pairs`. Every look of every benchmark is
-   tested at ALPHA / (benchmarks x looks) (Bonferroni), so a whole run stays within a false-alarm
-   rate of ALPHA whatever the dependence between tests. A regression needs the bound above 1 and
-   the ratio above 1 + min_effect.
+   alternate: a pair is one batch of each side, seconds apart, and pairs come in blocks of two,
+   one in each order (base first, head first), the blocks' order random.
+3. A pair's log-ratio is log(median head round / median base round). The verdict comes from the
+   crossover estimate over both orders and its Student-t bound (`stats.crossover_estimate`),
+   sequentially: `pairs` pairs, then twice and four times as many for suspects (leaning slower
+   by half the minimum effect, not yet proven), up to `max_pairs`. Every look of every
+   benchmark is tested at ALPHA / (benchmarks x looks) (Bonferroni), so a whole run stays within
+   a false-alarm rate of ALPHA whatever the dependence between tests. A regression needs the
+   bound above 1 and the ratio above 1 + min_effect, and then the same again in a second pass
+   by fresh workers of both sides: a pair of processes can differ by a few percent for its
+   whole life (memory layout, alignment), which pairs between the same two processes cannot
+   reveal.
 4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
    sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
    side only is a regression.
@@ -43,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
-from .stats import paired_estimate
+from .stats import PairedEstimate, crossover_estimate
 from .storage import Run, load_run, save_run, write_atomically
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
@@ -80,8 +84,12 @@ class PairedBenchmark:
     rounds_per_batch: int
     pairs: list[dict] = field(default_factory=list)  # {"first": role, "base": [...], "head": [...]}
 
-    def log_ratios(self) -> np.ndarray:
-        return np.array([math.log(np.median(pair["head"]) / np.median(pair["base"])) for pair in self.pairs])
+    def log_ratios_by_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """log(median head round / median base round) of the pairs whose base ran first, then of the others."""
+        def log_ratios(first: str) -> np.ndarray:
+            return np.array([math.log(np.median(pair["head"]) / np.median(pair["base"]))
+                             for pair in self.pairs if pair["first"] == first])
+        return log_ratios("base"), log_ratios("head")
 
 
 @dataclass
@@ -90,6 +98,7 @@ class ABResult:
     head: Side
     report: GateReport
     benchmarks: list[PairedBenchmark]
+    confirmations: list[PairedBenchmark]  # the second pass's pairs, fresh workers, suspects only
     added: list[str]
     removed: list[str]
     seconds: float
@@ -242,8 +251,10 @@ def connect(listener: Listener, workers: list[Worker]) -> None:
         worker.connection, worker.side.imported_from = connection, hello[2]
 
 
-def agree_on_plan(base: Worker, head: Worker) -> tuple[list[str], list[str], list[str]]:
-    """Both sides' collected ids: (planned in base order, added in head, removed from base), or ABError."""
+def agree_on_plan(base: Worker, head: Worker, only: list[str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Both sides' collected ids: (planned in base order, added in head, removed from base), or ABError.
+
+    `only` restricts the plan to those ids (a confirmation pass)."""
     collected = {}
     for worker in (base, head):
         message = worker.receive()
@@ -255,7 +266,7 @@ def agree_on_plan(base: Worker, head: Worker) -> tuple[list[str], list[str], lis
                           + "\n".join(errors)[-4000:])
         collected[worker.side.role] = ids
     head_ids = set(collected["head"])
-    plan = [nodeid for nodeid in collected["base"] if nodeid in head_ids]
+    plan = [nodeid for nodeid in collected["base"] if nodeid in head_ids and (only is None or nodeid in only)]
     added = sorted(head_ids - set(collected["base"]))
     removed = sorted(set(collected["base"]) - head_ids)
     if not plan:
@@ -281,15 +292,15 @@ def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs
     target = pairs
     while True:
         while len(benchmark.pairs) < target:
-            order = rng.sample(["base", "head"], 2)
-            pair = {"first": order[0]}
-            for role in order:
-                workers[role].send("rounds", iterations[role], benchmark.rounds_per_batch)
-                pair[role] = workers[role].receive()[1]
-            benchmark.pairs.append(pair)
-        estimate = paired_estimate(benchmark.log_ratios(), alpha)
+            for first in rng.sample(["base", "head"], 2):  # a block of two pairs, one in each order
+                pair = {"first": first}
+                for role in (first, "head" if first == "base" else "base"):
+                    workers[role].send("rounds", iterations[role], benchmark.rounds_per_batch)
+                    pair[role] = workers[role].receive()[1]
+                benchmark.pairs.append(pair)
+        found = estimate(benchmark, alpha)
         # Only a possible regression earns more pairs: leaning slower by half the minimum effect, not yet proven.
-        suspect = estimate.ratio > 1 + min_effect / 2 and time_verdict(estimate, min_effect) != "slower"
+        suspect = found.ratio > 1 + min_effect / 2 and time_verdict(found, min_effect) != "slower"
         if not suspect or target >= max_pairs:
             break
         target = min(2 * target, max_pairs)
@@ -317,29 +328,24 @@ def looks(pairs: int, max_pairs: int) -> int:
     return count
 
 
-def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
-           min_effect: float = MIN_EFFECT, pairs: int = PAIRS, max_pairs: int = MAX_PAIRS,
-           thresholds: Thresholds = Thresholds(), storage: Path | None = None, seed: int | None = None,
-           head_environment: dict[str, str] | None = None, log=print) -> ABResult:
-    """Run both revisions' suites in lockstep and judge every benchmark they share.
+@dataclass
+class Session:
+    """One pass: a pair of fresh workers over a plan of benchmarks."""
 
-    `head_environment` is added to the head worker's environment only (tools/measure_gate.py
-    plants a slowdown with it). Both sides' runs are saved as ordinary pytest-benchmark runs
-    under `storage`.
+    paired: list[PairedBenchmark]
+    plan: list[str]
+    added: list[str]
+    removed: list[str]
+    runs: dict[str, Run]
+
+
+def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Random, pairs: int, max_pairs: int,
+                min_effect: float, alpha: float | None, head_environment: dict[str, str], log,
+                only: list[str] | None = None) -> tuple[Session, float]:
+    """Start one worker per side, agree on the plan (`only` restricts it), pair every shared benchmark.
+
+    Returns the session and the per-look alpha used (computed from the plan when `alpha` is None).
     """
-    if not 0 <= min_effect < 10:
-        raise ValueError(f"min_effect={min_effect}: expected a fraction such as 0.05")
-    if not 2 <= pairs <= max_pairs:
-        raise ValueError(f"pairs={pairs}, max_pairs={max_pairs}: expected 2 <= pairs <= max_pairs")
-    started = time.perf_counter()
-    root = repository_root(repository)
-    base, head = make_side(root, "base", base_revision), make_side(root, "head", head_revision)
-    notes = []
-    if declared_dependencies(base) != declared_dependencies(head):
-        notes.append("warning: the two revisions declare different dependencies (pyproject.toml); both sides "
-                     "run with the packages installed here")
-    seed = secrets.randbits(32) if seed is None else seed
-    rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="embedsearch-ab-") as folder:
         authkey = secrets.token_bytes(16)
         listener = Listener(str(Path(folder) / "controller.sock"), family="AF_UNIX", authkey=authkey)
@@ -347,18 +353,16 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
         try:
             for side in (base, head):
                 workers[side.role] = Worker(side, pytest_args, Path(folder), listener.address, authkey,
-                                            (head_environment or {}) if side is head else {})
+                                            head_environment if side is head else {})
             connect(listener, list(workers.values()))
             if base.imported_from == head.imported_from and base.commit != head.commit:
                 raise ABError(f"both sides import embedsearch from {base.imported_from}, but their commits differ "
                               f"({base.commit[:10]} and {head.commit[:10]}): the comparison would time one code twice")
-            for side in (base, head):
-                log(f"{side.role}: {side.revision} = {side.commit[:12]}{'+dirty' if side.commit.endswith('+dirty') else ''}"
-                    f" in {side.tree}; embedsearch from {side.imported_from}")
-            plan, added, removed = agree_on_plan(workers["base"], workers["head"])
-            alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
-            log(f"{len(plan)} benchmarks in common; each look tested at alpha = {ALPHA} / ({len(plan)} x "
-                f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
+            plan, added, removed = agree_on_plan(workers["base"], workers["head"], only)
+            if alpha is None:
+                alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
+                log(f"{len(plan)} benchmarks in common; each look tested at alpha = {ALPHA} / ({len(plan)} x "
+                    f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
             paired = []
             for position, nodeid in enumerate(plan, 1):
                 messages = {role: worker.receive() for role, worker in workers.items()}
@@ -374,7 +378,7 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                             workers[role].send("done")
                 for role, message in messages.items():
                     finished = message if message[0] == "finished" else workers[role].receive()
-                    workers[role].side.outcomes[nodeid] = finished[2]
+                    workers[role].side.outcomes.setdefault(nodeid, finished[2])
             for worker in workers.values():
                 if worker.process.wait() not in (0, 1):  # 1: a test failed, judged below
                     raise ABError(f"the {worker.side.role} worker exited with {worker.process.returncode}:\n"
@@ -386,35 +390,83 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
             for worker in workers.values():
                 worker.stop()
             listener.close()
-        saved = []
-        if storage is not None:
-            for role, run in runs.items():
-                side = base if role == "base" else head
-                saved.append(save_run(run.data, storage, f"ab-{role}-{side.commit[:10]}"))
-    report = judge(base, head, paired, runs, min_effect, alpha, thresholds)
+    return Session(paired, plan, added, removed, runs), alpha
+
+
+def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
+           min_effect: float = MIN_EFFECT, pairs: int = PAIRS, max_pairs: int = MAX_PAIRS,
+           thresholds: Thresholds = Thresholds(), storage: Path | None = None, seed: int | None = None,
+           head_environment: dict[str, str] | None = None, log=print) -> ABResult:
+    """Run both revisions' suites in lockstep and judge every benchmark they share.
+
+    A benchmark judged slower is timed again in a second pass, by fresh workers of both sides,
+    and stays a regression only if that pass finds it slower too: a pair of processes can differ
+    by a few percent for its whole life (memory layout, alignment), which no number of pairs
+    between the same two processes reveals. `head_environment` is added to the head workers'
+    environment only (tools/measure_gate.py plants a slowdown with it). Both sides' first-pass
+    runs are saved as ordinary pytest-benchmark runs under `storage`.
+    """
+    if not 0 <= min_effect < 10:
+        raise ValueError(f"min_effect={min_effect}: expected a fraction such as 0.05")
+    if not 4 <= pairs <= max_pairs or pairs % 2 or max_pairs % 2:
+        raise ValueError(f"pairs={pairs}, max_pairs={max_pairs}: expected even numbers with 4 <= pairs <= max_pairs")
+    started = time.perf_counter()
+    root = repository_root(repository)
+    base, head = make_side(root, "base", base_revision), make_side(root, "head", head_revision)
+    notes = []
+    if declared_dependencies(base) != declared_dependencies(head):
+        notes.append("warning: the two revisions declare different dependencies (pyproject.toml); both sides "
+                     "run with the packages installed here")
+    seed = secrets.randbits(32) if seed is None else seed
+    rng = random.Random(seed)
+    first, alpha = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, None,
+                               head_environment or {}, log)
+    for side in (base, head):
+        log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
+    suspects = [b.name for b in first.paired if time_verdict(estimate(b, alpha), min_effect) == "slower"]
+    confirmation = None
+    if suspects:
+        log(f"confirming {len(suspects)} slower benchmark(s) with fresh workers")
+        confirmation, _ = run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, pairs, max_pairs,
+                                      min_effect, alpha, head_environment or {}, log, only=suspects)
+    saved = []
+    if storage is not None:
+        for role, run in first.runs.items():
+            side = base if role == "base" else head
+            saved.append(save_run(run.data, storage, f"ab-{role}-{side.commit[:10]}"))
+    report = judge(base, head, first, confirmation, min_effect, alpha, thresholds)
     report.notes = notes + report.notes
-    for nodeid in added:
+    for nodeid in first.added:
         report.notes.append(f"{nodeid}: added in head, not compared")
-    for nodeid in removed:
+    for nodeid in first.removed:
         report.notes.append(f"{nodeid}: removed in head, not compared")
     settings = {"alpha": ALPHA, "alpha_per_look": alpha, "min_effect": min_effect, "pairs": pairs,
                 "max_pairs": max_pairs, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
-                "threads": runs["base"].suite.get("threads"), "tier": runs["base"].suite.get("tier")}
-    return ABResult(base, head, report, paired, added, removed, time.perf_counter() - started, saved, settings)
+                "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
+    return ABResult(base, head, report, first.paired, confirmation.paired if confirmation else [], first.added,
+                    first.removed, time.perf_counter() - started, saved, settings)
 
 
-def judge(base: Side, head: Side, paired: list[PairedBenchmark], runs: dict[str, Run], min_effect: float,
-          alpha: float, thresholds: Thresholds) -> GateReport:
-    """The verdicts: time from the pairs, the deterministic figures from both runs, failures on one side."""
+def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
+    """The crossover estimate of a benchmark's head / base ratio from its pairs."""
+    return crossover_estimate(*benchmark.log_ratios_by_order(), alpha)
+
+
+def judge(base: Side, head: Side, first: Session, confirmation: Session | None, min_effect: float, alpha: float,
+          thresholds: Thresholds) -> GateReport:
+    """The verdicts: time from the pairs (confirmed by the second pass), figures from both runs, one-sided failures."""
     report = GateReport([])
+    runs = first.runs
     names = {bench["fullname"]: bench["name"] for run in runs.values() for bench in run.data["benchmarks"]}
-    for benchmark in paired:
-        estimate = paired_estimate(benchmark.log_ratios(), alpha)
-        base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
-        head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
-        report.comparisons.append(Comparison(names.get(benchmark.name, benchmark.name), "time", base_median,
-                                             head_median, estimate.ratio, estimate.low, estimate.high,
-                                             time_verdict(estimate, min_effect), pairs=estimate.pairs))
+    confirmed = {b.name: b for b in confirmation.paired} if confirmation else {}
+    for benchmark in first.paired:
+        comparison = time_comparison(names.get(benchmark.name, benchmark.name), benchmark, alpha, min_effect)
+        if comparison.verdict == "slower":
+            again = confirmed.get(benchmark.name)
+            comparison.rerun = (time_comparison(comparison.name, again, alpha, min_effect) if again is not None else
+                                Comparison(comparison.name, "time", math.nan, math.nan, math.nan,
+                                           verdict="not timed in the confirmation pass"))
+        report.comparisons.append(comparison)
     base_benchmarks, head_benchmarks = runs["base"].benchmarks, runs["head"].benchmarks
     for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
         report.comparisons += compare_figures(name, base_benchmarks[name].get("extra_info") or {},
@@ -430,6 +482,15 @@ def judge(base: Side, head: Side, paired: list[PairedBenchmark], runs: dict[str,
         elif outcome != base_outcome:
             report.notes.append(f"{nodeid}: base {base_outcome}, head {outcome}: not timed on both sides")
     return report
+
+
+def time_comparison(name: str, benchmark: PairedBenchmark, alpha: float, min_effect: float) -> Comparison:
+    """The time comparison of one paired benchmark: medians of the batch medians, crossover ratio and verdict."""
+    found = estimate(benchmark, alpha)
+    base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
+    head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
+    return Comparison(name, "time", base_median, head_median, found.ratio, found.low, found.high,
+                      time_verdict(found, min_effect), pairs=found.pairs)
 
 
 def markdown_summary(result: ABResult) -> str:
@@ -463,13 +524,22 @@ def result_record(result: ABResult) -> dict:
                               "embedsearch_imported_from": side.imported_from} for side in (result.base, result.head)},
         "settings": result.settings, "seconds": result.seconds, "saved_runs": [str(path) for path in result.saved],
         "added": result.added, "removed": result.removed,
-        "benchmarks": [{"name": b.name, "iterations": b.iterations, "rounds_per_batch": b.rounds_per_batch,
-                        "pairs": b.pairs} for b in result.benchmarks],
+        "benchmarks": [paired_record(b) for b in result.benchmarks],
+        "confirmations": [paired_record(b) for b in result.confirmations],  # second pass, fresh workers
         "comparisons": [{"name": c.name, "metric": c.metric, "base": c.baseline, "head": c.current, "ratio": c.ratio,
                          "low": c.low, "high": c.high, "pairs": c.pairs, "verdict": c.verdict,
-                         "regression": c.regression} for c in result.report.comparisons],
+                         "regression": c.regression,
+                         "confirmation": None if c.rerun is None else {"ratio": c.rerun.ratio, "low": c.rerun.low,
+                                                                       "high": c.rerun.high, "pairs": c.rerun.pairs,
+                                                                       "verdict": c.rerun.verdict}}
+                        for c in result.report.comparisons],
         "notes": result.report.notes,
     }
+
+
+def paired_record(benchmark: PairedBenchmark) -> dict:
+    return {"name": benchmark.name, "iterations": benchmark.iterations,
+            "rounds_per_batch": benchmark.rounds_per_batch, "pairs": benchmark.pairs}
 
 
 def write_record(result: ABResult, path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Statistics of the gates and the history; each function states what it assumes.
 
 - `bootstrap_ratio`: unpaired ratio of medians (the stored-baseline gate).
-- `paired_estimate`: paired log-ratios of rounds run interleaved in time (the A/B gate).
+- `crossover_estimate`: paired log-ratios of rounds run interleaved in time, both orders (the A/B gate).
 - `scaling_exponents`: least-squares exponent of time vs n.
 """
 
@@ -44,34 +44,43 @@ class PairedEstimate:
     """Head / base time ratio from paired log-ratios: the estimate and its two-sided interval."""
 
     pairs: int
-    ratio: float  # exp(mean log-ratio): the geometric mean of head / base
+    ratio: float  # exp of the estimated mean log-ratio
     low: float  # interval bounds on the ratio at the level asked for
     high: float
 
 
-def paired_estimate(log_ratios: np.ndarray, alpha: float) -> PairedEstimate:
-    """Geometric-mean ratio of paired samples with a Student-t interval of two-sided level 1 - 2·alpha.
+def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: float) -> PairedEstimate:
+    """Head / base ratio from pairs run in both orders, with a Student-t interval of two-sided level 1 - 2·alpha.
 
-    Each element is log(head time / base time) of one pair: a batch of rounds of each side, run
-    seconds apart in random order. Assumes the pairs are independent with a common mean and
-    roughly normal log-ratios (batch medians of many rounds, so the central limit theorem
-    helps); noise shared by both rounds of a pair (other jobs, thermal state, a slower machine)
-    cancels in the ratio, which is why pairing beats a stored baseline. Outliers widen the
-    interval rather than move it past 0. So `low > 1` is a one-sided test of "head slower" at
-    level alpha; with fewer than 2 pairs the interval is unbounded.
+    Each value is log(head time / base time) of one pair: a batch of rounds of each side, seconds
+    apart; `base_first` holds the pairs whose base batch ran first. The side that runs second in
+    a pair follows the other process and finds its caches cold, so the order shifts a pair's
+    log-ratio by a period effect +p (base first) or -p (head first). As in an AB/BA crossover
+    trial (Senn, "Cross-over Trials in Clinical Research", 2002), the estimate is the average of
+    the two orders' means, where p cancels, and its variance is the pooled within-order
+    variance: t with n - 2 degrees of freedom. Assumes the pairs are independent, their
+    log-ratios roughly normal (a batch's median over many rounds), and p the same in every pair.
+    Noise shared by both halves of a pair (other jobs, a slower machine) cancels in the ratio;
+    an outlier widens the interval instead of moving it past 0. So `low > 1` is a one-sided test
+    of "head slower" at level alpha. It cannot see an offset that holds for the whole life of a
+    pair of processes (memory layout): `embedsearch.ab` confirms suspects in fresh processes.
     """
-    values = np.asarray(log_ratios, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
-        raise ValueError(f"log_ratios: expected a non-empty 1-D array of finite values, got {values!r}")
+    groups = [np.asarray(values, dtype=np.float64) for values in (base_first, head_first)]
+    if any(group.ndim != 1 or group.size == 0 or not np.isfinite(group).all() for group in groups):
+        raise ValueError(f"expected non-empty 1-D arrays of finite log-ratios in both orders, got "
+                         f"{groups[0]!r} and {groups[1]!r}")
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha={alpha}: expected 0 < alpha < 0.5")
-    mean = float(values.mean())
-    if values.size < 2:
-        return PairedEstimate(1, math.exp(mean), 0.0, math.inf)
-    from scipy.stats import t as student_t  # scipy comes with scikit-learn
+    pairs = sum(group.size for group in groups)
+    mean = float((groups[0].mean() + groups[1].mean()) / 2)
+    if pairs < 3:
+        return PairedEstimate(pairs, math.exp(mean), 0.0, math.inf)
+    pooled_variance = sum(float(((group - group.mean()) ** 2).sum()) for group in groups) / (pairs - 2)
+    standard_error = 0.5 * math.sqrt(pooled_variance * sum(1 / group.size for group in groups))
+    from scipy.stats import t as student_t
 
-    half_width = float(student_t.ppf(1 - alpha, values.size - 1)) * float(values.std(ddof=1)) / math.sqrt(values.size)
-    return PairedEstimate(int(values.size), math.exp(mean), math.exp(mean - half_width), math.exp(mean + half_width))
+    half_width = float(student_t.ppf(1 - alpha, pairs - 2)) * standard_error
+    return PairedEstimate(pairs, math.exp(mean), math.exp(mean - half_width), math.exp(mean + half_width))
 
 
 def scaling_exponents(benchmarks: list[dict]) -> list[dict]:
