@@ -80,29 +80,37 @@ def measure_ab(args: argparse.Namespace) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _, plain_seconds = timed_run(folder / "timed-run.json", 0.0, args.pytest_args)
     print(f"one timed run (pytest --benchmark {' '.join(args.pytest_args)}): {plain_seconds:.1f} s", flush=True)
-    cases = [0.0, *args.slowdowns]
-    rows: dict[float, list[dict]] = {case: [] for case in cases}
+    record = {"pytest_args": args.pytest_args, "min_effect": args.min_effect, "rejudge": args.rejudge,
+              "timed_run_seconds": [plain_seconds], "rows": {str(case): [] for case in [0.0, *args.slowdowns]}}
     started = time.time()
     for index in range(args.runs):
-        for slowdown in cases:
+        for slowdown in [0.0, *args.slowdowns]:
             result = run_ab(ROOT, "HEAD", None, args.pytest_args, min_effect=args.min_effect,
                             head_environment={"EMBEDSEARCH_PLANTED_SLOWDOWN": str(slowdown)}, log=lambda *a, **k: None)
             slowed = slowed_names(result)
             time_alarms = {c.name for c in result.report.regressions if c.metric == "time"}
-            row = {"slowdown": slowdown, "seconds": result.seconds, "alarms": [f"{c.name} {c.metric}" for c in
-                                                                                 result.report.regressions],
+            row = {"seconds": result.seconds, "alarms": [f"{c.name} {c.metric}" for c in result.report.regressions],
                    "slowed": slowed, "caught": sorted(time_alarms & set(slowed)),
                    "ratios": {c.name: c.ratio for c in result.report.comparisons if c.metric == "time"},
-                   "pairs": {c.name: c.pairs for c in result.report.comparisons if c.metric == "time"},
+                   "first_pass_slower": sorted(c.name for c in result.report.comparisons if c.verdict == "slower"),
                    "rejudged": {str(effect): sorted(rejudged_alarms(result, effect)) for effect in args.rejudge}}
-            rows[slowdown].append(row)
+            record["rows"][str(slowdown)].append(row)
             print(f"run {index + 1}/{args.runs} slowdown {slowdown:.2f}: {len(row['alarms'])} alarm(s), "
                   f"{len(row['caught'])}/{len(slowed)} slowed caught, {result.seconds:.0f} s; "
                   f"{(time.time() - started) / 60:.1f} min", flush=True)
-            (folder / "ab-runs.json").write_text(json.dumps({"timed_run_seconds": plain_seconds,
-                                                             "rows": {str(k): v for k, v in rows.items()}}, indent=1))
-    print(f"\nA/B gate, {args.runs} runs per case, pytest args {' '.join(args.pytest_args)!r}, minimum effect "
-          f"{args.min_effect} ({(time.time() - started) / 60:.1f} min); one timed run: {plain_seconds:.1f} s")
+            (folder / "ab-runs.json").write_text(json.dumps(record, indent=1))
+        if (index + 1) % 5 == 0:  # the timed run again now and then: the machine's load drifts
+            record["timed_run_seconds"].append(timed_run(folder / "timed-run.json", 0.0, args.pytest_args)[1])
+    print_ab_summary(record)
+    print(f"runs kept in {folder}")
+
+
+def print_ab_summary(record: dict) -> None:
+    """The table of an A/B measurement: per case, runs alarmed, slowed benchmarks caught, wall time."""
+    plain_seconds = float(np.median(record["timed_run_seconds"]))
+    rows = {float(case): case_rows for case, case_rows in record["rows"].items() if case_rows}
+    print(f"\nA/B gate, pytest args {' '.join(record['pytest_args'])!r}, minimum effect {record['min_effect']}; "
+          f"one timed run: median {plain_seconds:.1f} s of {len(record['timed_run_seconds'])}")
     print(f"{'planted':>8} {'runs alarmed':>13} {'slowed caught (>1 ms)':>24} {'gate run s (median)':>20} "
           f"{'x timed run':>12} {'median ratio':>13}")
     for slowdown, case_rows in rows.items():
@@ -115,8 +123,8 @@ def measure_ab(args: argparse.Namespace) -> None:
         share = f"{caught}/{slowed} = {caught / slowed:.1%}" if slowdown else "-"
         print(f"{slowdown:>8.0%} {alarmed:>7}/{len(case_rows):<5} {share:>24} {seconds:>20.1f} "
               f"{seconds / plain_seconds:>12.2f} {ratio:>13.3f}")
-    print("\nthe same pairs re-judged at other minimum effects (runs alarmed on time; slowed caught):")
-    for effect in args.rejudge:
+    print("the same pairs re-judged at other minimum effects (runs alarmed on time; slowed caught):")
+    for effect in record["rejudge"]:
         cells = []
         for slowdown, case_rows in rows.items():
             alarmed = sum(bool(row["rejudged"][str(effect)]) for row in case_rows)
@@ -124,10 +132,9 @@ def measure_ab(args: argparse.Namespace) -> None:
             slowed = sum(len(row["slowed"]) for row in case_rows)
             cells.append(f"{slowdown:.0%}: {alarmed}/{len(case_rows)}" + (f", {caught / slowed:.1%}" if slowdown else ""))
         print(f"  min effect {effect:.2f}: " + "; ".join(cells))
-    for row in rows[0.0]:
+    for row in rows.get(0.0, []):
         if row["alarms"]:
             print(f"false alarm: {'; '.join(row['alarms'])}")
-    print(f"runs kept in {folder}")
 
 
 def rerun_with(slowdown: float):
@@ -190,13 +197,18 @@ def main() -> int:
     parser.add_argument("--min-effects", type=float, nargs="+", default=[0.05, 0.10, 0.15],
                         help="stored: minimum effects to evaluate (default 0.05 0.10 0.15)")
     parser.add_argument("--keep", type=Path, default=None, help="keep every run's record in this folder")
+    parser.add_argument("--summarize", type=Path, default=None,
+                        help="ab: print the table of a measurement kept in this folder (its ab-runs.json) and stop")
     argv = sys.argv[1:]
     pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.pytest_args = pytest_args
     if args.runs < 1 or any(s <= 0 for s in args.slowdowns):
         parser.error("expected --runs >= 1 and slowdowns > 0")
-    (measure_ab if args.gate == "ab" else measure_stored)(args)
+    if args.summarize:
+        print_ab_summary(json.loads((args.summarize / "ab-runs.json").read_text()))
+    else:
+        (measure_ab if args.gate == "ab" else measure_stored)(args)
     return 0
 
 
