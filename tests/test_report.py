@@ -7,7 +7,7 @@ import pytest
 
 from embedsearch import cli
 from embedsearch.baseline import load_runs, save_run
-from embedsearch.report import Step, history_steps, history_table, pareto_front, write_report
+from embedsearch.report import history_steps, history_table, pareto_front, write_report
 from test_baseline import make_run, noisy
 
 COMMITS = ("1111111aaa", "2222222bbb", "3333333ccc")

@@ -246,7 +246,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
         ]
         found = steps.get(name, [])
         if found:
-            traces.append(go.Scatter(x=x, y=_fitted_levels(x, found, medians), mode="lines", name="step fit",
+            traces.append(go.Scatter(x=x, y=_fitted_levels(x, found), mode="lines", name="step fit",
                                      line={"color": FIT_COLOR, "dash": "dot", "shape": "hvh"}, hoverinfo="skip"))
             for direction in ("slower", "faster"):
                 chosen = [step for step in found if step.direction == direction]
@@ -491,7 +491,7 @@ def _step_text(runs: list[Run], step: Step) -> str:
             f"after: {html.escape(after.commit)} {html.escape(after.datetime[:19])}")
 
 
-def _fitted_levels(x: list[int], found: list[Step], medians: list[float]) -> list[float]:
+def _fitted_levels(x: list[int], found: list[Step]) -> list[float]:
     """The step fit at each run of the series, in ms: each segment at its level."""
     levels = []
     for position in x:
