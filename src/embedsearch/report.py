@@ -143,7 +143,7 @@ def plot_stage_trends(runs: list[Run], stage_name: str, names: list[str], steps:
             relative_by_run.setdefault(position, []).append(value)
         stepped = steps.get(name, [])
         axis.plot(positions, relative, "-", lw=1.4 if stepped else 0.7, color=None if stepped else "0.75",
-                  label=parameters(name)[:60] if stepped else None)
+                  label=name.removeprefix("test_")[:60] if stepped else None)
         for step in stepped:
             axis.plot(step.after + 1, relative[positions.index(step.after + 1)], "^" if step.direction == "slower"
                       else "v", color=STEP_COLORS[step.direction], ms=8)
@@ -276,7 +276,9 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
             trace.visible = name == names[0]
             figure.add_trace(trace, row=row, col=1)
         owners += [name] * len(traces)
-    figure.update_xaxes(tickvals=list(range(1, len(runs) + 1)), ticktext=_run_ticks(runs), row=3, col=1)
+    for row in (1, 3):  # the runs under the trend, and at the bottom
+        figure.update_xaxes(tickvals=list(range(1, len(runs) + 1)), ticktext=_run_ticks(runs), showticklabels=True,
+                            row=row, col=1)
     figure.update_xaxes(title_text="run (oldest to newest): commit, date", row=3, col=1)
     # the title (two lines) at the top, the dropdown below it, the plots below that
     figure.update_layout(height=760, margin={"t": 150}, hovermode="closest",
