@@ -32,6 +32,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep each benchmark's memray capture here, and a flame graph HTML of the largest peak")
     group.addoption("--perf-threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="threads for FAISS (OpenMP) and torch (default: the cores this process may use)")
+    group.addoption("--perf-markdown", default=None, metavar="FILE",
+                    help="also write the figures summary of a timed run to FILE as Markdown "
+                         "(it is appended to $GITHUB_STEP_SUMMARY whenever that is set)")
     group.addoption("--perf-gate", default=None, metavar="BASELINE",
                     help="after the run, gate it against BASELINE (a saved run file, or the newest in a folder): "
                          "suspect timings are rerun once, and a confirmed regression fails the session")

@@ -6,8 +6,14 @@ from embedsearch.index import TORCH_SPEC
 from embedsearch.memory import exact_search_model_bytes
 from embedsearch.metrics import exact_search_gflops, recall_at_k
 from harness import median_seconds, memory_pass, record
+from tiers import approximate_specs
 
 EXACT_SPECS = ("Flat", TORCH_SPEC)
+# Least recall@k at the largest nprobe / efSearch of each sweep in tiers.approximate_specs, on the
+# suite's clustered data, so a broken index fails the untimed `pytest` run. Measured there: IVF,Flat
+# 0.66 (smoke) and 0.51-0.65 (default); HNSW32 1.00 and 0.79-0.91; 4-bit fast-scan IVF,PQ 0.12 and
+# 0.04-0.16, against 0.002 (smoke) and 0.00005-0.005 (default) for ids drawn at random.
+RECALL_FLOORS = {"IVF,Flat": 0.40, "HNSW": 0.70, "IVF,PQ": 0.03}
 
 
 def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str, config) -> None:
@@ -24,6 +30,8 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     exact = case.index.spec in EXACT_SPECS
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)
+    elif (floor := recall_floor(case)) is not None:
+        assert recall >= floor, f"{case.id}: recall@{case.k} {recall:.4f} is below its floor {floor}"
     memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
                 model_bytes=exact_search_model_bytes(index, case.nq, case.k) if exact and device == "cpu" else None)
     seconds = median_seconds(benchmark)
@@ -35,6 +43,15 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     record(benchmark, threads, spec=case.index.spec, n=case.index.n, d=case.index.d, k=case.k, nq=case.nq,
            metric=case.index.metric, device=device, dtype="float32", params=dict(case.params),
            recall=recall, index_bytes=index.nbytes(), **figures)
+
+
+def recall_floor(case) -> float | None:
+    """The recall floor of a case at the largest value of its spec's sweep; None for any other case."""
+    sweep = approximate_specs(case.index.n, case.index.d).get(case.index.spec)
+    if sweep is None or case.params != ((sweep[0], max(sweep[1])),):
+        return None
+    family = "HNSW" if case.index.spec.startswith("HNSW") else "IVF,PQ" if ",PQ" in case.index.spec else "IVF,Flat"
+    return RECALL_FLOORS[family]
 
 
 def test_search(benchmark, search_case, device, data, indexes, threads, pytestconfig):

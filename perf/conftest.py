@@ -17,7 +17,7 @@ from embedsearch.stats import scaling_exponents
 from embedsearch.storage import Run, save_run
 from embedsearch.index import create_index
 from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
-from summary import print_summary
+from summary import print_summary, write_markdown_summary
 from tiers import TIERS, Tier
 
 CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
@@ -149,6 +149,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     session = getattr(config, "_benchmarksession", None)
     if session is not None and not session.disabled and session.benchmarks:
         print_summary(terminalreporter, session.benchmarks, tier_name(config))
+        write_markdown_summary(terminalreporter, session.benchmarks, tier_name(config),
+                               config.getoption("perf_markdown"))
         for line in config.stash.get(GATE_LINES, []):  # the saved run and the gate, last
             terminalreporter.write_line(line)
         if config.getoption("perf_memray_dir"):

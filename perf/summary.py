@@ -1,6 +1,9 @@
-"""The suite's closing summary: derived figures per benchmark and the headline ratios."""
+"""The suite's closing summary: derived figures per benchmark and the headline ratios, in the terminal and as Markdown."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 FIGURES = (  # extra_info key, column title, format
     ("images_per_s", "images/s", "{:.1f}"),
@@ -28,12 +31,42 @@ def _format(key: str, value, pattern: str | None) -> str:
 def print_summary(reporter, benchmarks, tier: str) -> None:
     """Print one line of derived figures per benchmark, then the headline ratios."""
     reporter.write_sep("-", f"embedsearch figures (tier {tier})")
-    for bench in sorted(benchmarks, key=lambda b: (b.group or "", b.name)):
+    for bench in _in_order(benchmarks):
         info = bench.extra_info
         cells = [f"{title} {_format(key, info[key], pattern)}" for key, title, pattern in FIGURES if key in info]
         reporter.write_line(f"{bench.name:<78} {bench.stats.median * 1e3:10.2f} ms  " + "  ".join(cells))
     for line in headline_ratios(benchmarks):
         reporter.write_line(line)
+
+
+def markdown_summary(benchmarks, tier: str) -> str:
+    """The same figures as a Markdown table (a column per figure any benchmark has), then the headline ratios."""
+    columns = [(key, title, pattern) for key, title, pattern in FIGURES
+               if any(key in bench.extra_info for bench in benchmarks)]
+    lines = [f"### embedsearch figures (tier {tier})", "",
+             "| benchmark | median ms | " + " | ".join(title for _, title, _ in columns) + " |",
+             "| --- | ---: |" + " ---: |" * len(columns)]
+    for bench in _in_order(benchmarks):
+        info = bench.extra_info
+        cells = [_format(key, info[key], pattern) if key in info else "" for key, _, pattern in columns]
+        lines.append(f"| `{bench.name}` | {bench.stats.median * 1e3:.2f} | " + " | ".join(cells) + " |")
+    ratios = headline_ratios(benchmarks)
+    return "\n".join(lines + ([""] + [f"- {line}" for line in ratios] if ratios else [])) + "\n"
+
+
+def write_markdown_summary(reporter, benchmarks, tier: str, path: str | None) -> None:
+    """Write `markdown_summary` to `path` (--perf-markdown) and append it to $GITHUB_STEP_SUMMARY when that is set."""
+    text = markdown_summary(benchmarks, tier)
+    if path:
+        Path(path).write_text(text, encoding="utf-8")
+        reporter.write_line(f"figures as Markdown: {path}")
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as summary:
+            summary.write(text)
+
+
+def _in_order(benchmarks) -> list:
+    return sorted(benchmarks, key=lambda b: (b.group or "", b.name))
 
 
 def headline_ratios(benchmarks) -> list[str]:

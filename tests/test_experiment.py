@@ -1,11 +1,12 @@
 import json
+import time
 
 import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from embedsearch.cli import main
-from embedsearch.data import digits_arrays
+from embedsearch.data import clustered_embeddings, digits_arrays
 from embedsearch.experiment import DIGITS_TRAIN, ExperimentConfig, format_study_comparison, run_experiment
 
 
@@ -45,15 +46,35 @@ def test_digits_pixels_majority_vote_matches_scikit_learn(index):
     assert result.n_train == 1297 and result.n_val == 500 and result.d == 64
 
 
+def independent_weighted_val_top1(k: int) -> tuple[float, int]:
+    """DINO's weighted vote in float64 NumPy on the synthetic split: (val top-1, queries tied at the k-th neighbour)."""
+    split = clustered_embeddings(3000, 300, 32, 10)
+    similarity = split.val_vectors.astype(np.float64) @ split.train_vectors.astype(np.float64).T
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    nearest = np.take_along_axis(similarity, order[:, :k + 1], axis=1)
+    ambiguous = int((nearest[:, k - 1] - nearest[:, k] < 1e-5).sum())  # float32 search may order these otherwise
+    scores = np.zeros((len(order), 10))
+    np.add.at(scores, (np.arange(len(order))[:, None], split.train_labels[order[:, :k]]),
+              np.exp(nearest[:, :k] / 0.07))
+    return float((scores.argmax(axis=1) == split.val_labels).mean()), ambiguous
+
+
 def test_synthetic_run_records_every_stage_and_parameter():
+    start = time.perf_counter()
     result = run_experiment(ExperimentConfig(dataset="synthetic", n_train=3000, n_val=300, d=32, classes=10,
                                              ks=(5, 20), device="cpu"))
+    elapsed = time.perf_counter() - start
     assert set(result.stages) == {"build", "search_train", "search_val", "classify"}
-    assert all(stage["seconds"] >= 0 for stage in result.stages.values())
+    seconds = [stage["seconds"] for stage in result.stages.values()]
+    assert min(seconds) > 0 and sum(seconds) <= elapsed  # disjoint parts of the call, in seconds
     assert [row["k"] for row in result.accuracy] == [5, 20]
     record = json.loads(result.to_json())
     assert record["config"]["index"] == "Flat" and record["versions"]["faiss"]
-    assert 0.0 <= record["accuracy"][0]["val_top1"] <= 1.0
+    assert record["accuracy"] == result.accuracy
+    for row in result.accuracy:
+        val_top1, ambiguous = independent_weighted_val_top1(row["k"])
+        assert ambiguous == 0, "a tie at the k-th neighbour would make the comparison undecidable"
+        assert row["val_top1"] == val_top1
 
 
 def test_tiny_imagenet_tree_runs_with_a_random_timm_model(tiny_imagenet_root, tmp_path):

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import TORCH_SPEC, build_index
-from embedsearch.knn import class_scores, leave_one_out_search, predict, similarities, topk_accuracy
+from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
 
 
 def test_majority_vote_counts_neighbours_and_breaks_ties_to_the_smaller_class():
@@ -13,7 +13,9 @@ def test_majority_vote_counts_neighbours_and_breaks_ties_to_the_smaller_class():
     ids = np.array([[1, 2, 0], [3, 1, 0], [4, 3, 1]])
     scores = class_scores(ids, np.zeros(ids.shape), train_labels, 3, "majority")
     np.testing.assert_array_equal(scores, [[1, 2, 0], [1, 1, 1], [0, 1, 2]])
-    np.testing.assert_array_equal(predict(scores), [1, 0, 2])
+    # the second row ties three ways: class 0 is its top-1, so label 0 counts as right and label 1 as wrong
+    assert topk_accuracy(scores, np.array([1, 0, 2]), ks=(1,)) == {1: 1.0}
+    assert topk_accuracy(scores, np.array([1, 1, 2]), ks=(1, 2)) == {1: 2 / 3, 2: 1.0}
 
 
 def test_weighted_vote_sums_exp_similarity_over_temperature():
@@ -23,8 +25,8 @@ def test_weighted_vote_sums_exp_similarity_over_temperature():
     scores = class_scores(ids, sims, train_labels, 2, "weighted", temperature=0.07)
     np.testing.assert_allclose(scores, [[np.exp(0.9 / 0.07), np.exp(0.5 / 0.07) + np.exp(0.4 / 0.07)]])
     # one close neighbour outvotes two far ones, unlike the majority vote
-    assert predict(scores)[0] == 0
-    assert predict(class_scores(ids, sims, train_labels, 2, "majority"))[0] == 1
+    assert topk_accuracy(scores, np.array([0]), ks=(1,)) == {1: 1.0}
+    assert topk_accuracy(class_scores(ids, sims, train_labels, 2, "majority"), np.array([1]), ks=(1,)) == {1: 1.0}
 
 
 def test_missing_neighbours_cast_no_vote():

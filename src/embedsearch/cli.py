@@ -127,15 +127,17 @@ def ab_command(args: argparse.Namespace) -> int:
 
 
 def history_command(args: argparse.Namespace) -> int:
-    """Print every saved run's series per benchmark with step changes; write plots and an HTML report."""
-    from .report import history_table, step_changes, write_report
+    """Print every saved run's series per benchmark with its change points; write the HTML page and plots."""
+    from .report import format_steps, history_steps, history_table, write_report
 
     runs = load_runs(args.runs)
     if not runs:
         raise ValueError(f"{', '.join(map(str, args.runs))}: no readable saved runs")
+    steps = history_steps(runs)
     print(f"{len(runs)} runs, oldest first")
-    print(history_table(runs, step_changes(runs)))
-    for path in write_report(runs, args.output):
+    print(history_table(runs, steps))
+    print(format_steps(runs, steps))
+    for path in write_report(runs, args.output, steps):
         print(f"wrote {path}")
     return 0
 
@@ -227,11 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     gate_parser.add_argument("--all", action="store_true", help="print every comparison, not only changes")
     gate_parser.set_defaults(handler=gate_command)
 
-    history_parser = commands.add_parser("history", help="every saved run: series per benchmark, plots, HTML report")
+    history_parser = commands.add_parser(
+        "history", help="every saved run: series and change points per benchmark, an interactive HTML page, plots")
     history_parser.add_argument("runs", nargs="*", default=[".benchmarks"],
                                 help="saved run files or folders (default .benchmarks)")
     history_parser.add_argument("--output", default="results/history",
-                                help="folder for trends.png, scaling.png, pareto.png, report.html")
+                                help="folder for report.html, trends-<stage>.png, scaling.png, pareto.png")
     history_parser.set_defaults(handler=history_command)
     return parser
 

@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import timm
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from . import __version__
 from .data import DigitsImages, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
@@ -174,8 +174,6 @@ def _image_datasets(dataset: str, transform) -> tuple[Dataset, Dataset, int]:
 
 
 def _targets(dataset: Dataset) -> list[int]:
-    if isinstance(dataset, Subset):
-        return [dataset.dataset.targets[i] for i in dataset.indices]
     return [int(dataset.targets[i]) for i in range(len(dataset))]
 
 

@@ -92,7 +92,6 @@ class FaissIndex(Index):
                 f"such as 'Flat', 'IVF1024,Flat', 'HNSW32', 'IVF1024,PQ16' (PQ m must divide d) "
                 f"or {TORCH_SPEC!r}; FAISS said: {_first_line(error)}"
             ) from None
-        self.sharded = sharded
         ivf = faiss.try_extract_index_ivf(cpu_index)
         self.nlist = ivf.nlist if ivf is not None else None
         self.is_hnsw = isinstance(cpu_index, faiss.IndexHNSW)

@@ -50,11 +50,6 @@ def class_scores(neighbor_ids: np.ndarray, neighbor_similarities: np.ndarray, tr
     return scores
 
 
-def predict(scores: np.ndarray) -> np.ndarray:
-    """Return the top class per row; a tie goes to the smallest class index."""
-    return np.argmax(scores, axis=1)
-
-
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
     """Return {k: fraction of rows whose label is among the k best classes} (ties: smaller class first)."""
     labels = as_labels(labels, "labels", scores.shape[0])

@@ -43,15 +43,6 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2.0 * size**3 / best / 1e9
 
 
-def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
-    """Return the best memory bandwidth in GB/s of copying a float32 array (read + write bytes)."""
-    source = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
-    target = np.empty_like(source)
-    np.copyto(target, source)
-    best = min(_timed(lambda: np.copyto(target, source)) for _ in range(repeats))
-    return 2 * source.nbytes / best / 1e9
-
-
 def _timed(operation) -> float:
     start = time.perf_counter()
     operation()
