@@ -160,3 +160,18 @@ def test_distributed_embedding_equals_embed_dataset(ray_cluster, tiny_imagenet_r
     np.testing.assert_array_equal(labels, val.targets)
     with pytest.raises(ValueError, match="is not empty"):
         distributed.embed_distributed(tiny_imagenet_root, output, model="test_vit", weights="random")
+
+
+def test_a_shard_that_lost_its_files_fails_loudly(ray_cluster):
+    vectors = np.random.default_rng(3).standard_normal((100, 4), dtype=np.float32)
+    index = build_sharded_index("Flat", vectors, "ip", shards=2)
+    try:
+        for part in (index.storage_dir / "shard-0").glob("part-*.npz"):
+            part.unlink()  # as on a node that cannot read storage_dir
+        os.kill(index.shard_pids()[0], signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="shard-0 holds 0 vectors, expected 50"):
+            index.search(vectors[:3], 5)
+    finally:
+        index.close()
+    with pytest.raises(ValueError, match="is closed"):
+        index.search(vectors[:3], 5)

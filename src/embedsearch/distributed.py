@@ -65,7 +65,7 @@ def connect(address: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S):
             raise ValueError(f"address={address!r}: this process is already connected to the Ray cluster at "
                              f"{current}; call ray.shutdown() first to join another")
         return ray
-    options = {"logging_level": logging.WARNING, "log_to_driver": False}
+    options = {"logging_level": logging.WARNING}
     if address is None:
         options["include_dashboard"] = False  # a local cluster without the dashboard starts faster
     try:
@@ -159,7 +159,14 @@ class _Shard:
         self.global_ids = np.empty(0, dtype=np.int64)
         self.parts = set()
 
-    def search(self, queries: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, params: dict[str, int],
+               expected: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.index.ntotal != expected:  # never a silently partial answer
+            raise RuntimeError(
+                f"shard {self.folder.name} holds {self.index.ntotal} vectors, expected {expected}: after a restart "
+                f"it could not read all of {str(self.folder)!r}; on a multi-node cluster pass a storage_dir "
+                "that every node can read"
+            )
         if params != self.params:
             self.index.set_search_params(**params)
             self.params = dict(params)
@@ -169,6 +176,16 @@ class _Shard:
 
     def nbytes(self) -> int:
         return self.index.nbytes() + self.global_ids.nbytes
+
+
+def _get(calls: list) -> list:
+    """ray.get of shard calls; a shard that stays dead after its restarts becomes a RuntimeError."""
+    ray = _ray()
+    try:
+        return ray.get(calls)
+    except ray.exceptions.RayActorError as error:
+        raise RuntimeError(f"a shard actor died and has no restarts left (max_restarts): "
+                           f"{str(error).splitlines()[0]}") from None
 
 
 def _check_integer(name: str, value: object, low: int) -> None:
@@ -256,7 +273,7 @@ class ShardedIndex(Index):
 
     def shard_pids(self) -> list[int]:
         """Process id of each shard actor (they change when an actor restarts)."""
-        return _ray().get([shard.pid.remote() for shard in self.actors])
+        return _get([shard.pid.remote() for shard in self.actors])
 
     def train(self, vectors: np.ndarray) -> None:
         vectors = as_vectors(vectors, "training vectors", self.d)
@@ -265,41 +282,43 @@ class ShardedIndex(Index):
         self._template.train(vectors)
         if self._trains:  # one quantizer, trained here, copied to every shard
             trained = pickle.dumps(self._template)
-            _ray().get([shard.set_trained.remote(trained) for shard in self.actors])
+            _get([shard.set_trained.remote(trained) for shard in self.actors])
 
     def add(self, vectors: np.ndarray) -> None:
         vectors = as_vectors(vectors, "vectors", self.d)
         if not self.is_trained:
             raise ValueError(f"index {self.spec!r} must be trained before add: call train(vectors) first")
-        ray = _ray()
+        self._check_open()
         first_id = self.ntotal
-        calls = []
-        for shard_number, rows in enumerate(np.array_split(np.arange(len(vectors)), self.shards)):
-            if len(rows):
-                calls.append(self.actors[shard_number].add.remote(
-                    self._adds, vectors[rows[0]:rows[-1] + 1], first_id + rows.astype(np.int64)))
-                self._counts[shard_number] += len(rows)
+        slices = np.array_split(np.arange(len(vectors), dtype=np.int64), self.shards)
+        _get([self.actors[shard].add.remote(self._adds, vectors[rows[0]:rows[-1] + 1], first_id + rows)
+              for shard, rows in enumerate(slices) if len(rows)])
         self._adds += 1
-        ray.get(calls)
+        self._counts = [count + len(rows) for count, rows in zip(self._counts, slices)]
 
     def reset(self) -> None:
-        _ray().get([shard.reset.remote() for shard in self.actors])
+        _get([shard.reset.remote() for shard in self.actors])
         self._counts = [0] * self.shards
 
+    def _check_open(self) -> None:
+        if not self.actors:
+            raise ValueError(f"sharded index {self.spec!r} is closed: its shard actors were stopped")
+
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_open()
         ray = _ray()
         queries_ref = ray.put(queries)  # one copy in the object store, read by every shard
-        calls = [shard.search.remote(queries_ref, k, self._params)
+        calls = [shard.search.remote(queries_ref, k, self._params, count)
                  for shard, count in zip(self.actors, self._counts) if count]
         heap = faiss.ResultHeap(len(queries), k, keep_max=self.metric == "ip")
-        for distances, ids in ray.get(calls):
+        for distances, ids in _get(calls):
             heap.add_result(distances, ids)
         heap.finalize()
         return heap.D, heap.I
 
     def nbytes(self) -> int:
         """Bytes the shards hold: each shard's index plus 8 bytes of global id per vector."""
-        return sum(_ray().get([shard.nbytes.remote() for shard in self.actors]))
+        return sum(_get([shard.nbytes.remote() for shard in self.actors]))
 
     def set_search_params(self, *, nprobe: int | None = None, efSearch: int | None = None) -> None:
         self._template.set_search_params(nprobe=nprobe, efSearch=efSearch)  # validates against the spec
