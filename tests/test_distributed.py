@@ -115,7 +115,7 @@ def test_bad_input_is_refused(ray_cluster):
         build_sharded_index("Flat", vectors, shards=0)
     with pytest.raises(ValueError, match=r"shards=4: expected at most one shard per vector \(3 vectors\)"):
         build_sharded_index("Flat", vectors, shards=4)
-    with pytest.raises(ValueError, match="shards=3 x threads=1.*need 3 CPU, the Ray cluster has 2"):
+    with pytest.raises(ValueError, match="shards=3 x threads=1 on cpu: they need 3 CPU, the Ray cluster has 2"):
         build_sharded_index("Flat", vectors, shards=3)
     with pytest.raises(ValueError, match="device='tpu'"):
         ShardedIndex("Flat", 4, "ip", 1, device="tpu")

@@ -147,8 +147,9 @@ class _Shard:
         if part in self.parts:  # a retried call whose file a restart already reloaded
             return
         path = self.folder / f"part-{part:08d}.npz"
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, vectors=vectors, global_ids=global_ids)
+        partial = path.with_name(path.name + ".partial")  # not matched by part-*.npz until complete
+        with open(partial, "wb") as file:
+            np.savez(file, vectors=vectors, global_ids=global_ids)
         os.replace(partial, path)
         self._add(part, vectors, global_ids)
 
@@ -188,6 +189,16 @@ def _get(calls: list) -> list:
                            f"{str(error).splitlines()[0]}") from None
 
 
+def _check_cluster_fits(ray, name: str, actors: int, threads: int, device: str) -> None:
+    """Refuse actors the cluster can never place (they would wait forever): CPUs (threads each) and GPUs."""
+    total = ray.cluster_resources()
+    need = {"CPU": actors * threads, "GPU": actors if device == "cuda" else 0}
+    for resource, amount in need.items():
+        if amount > total.get(resource, 0):
+            raise ValueError(f"{name}={actors} x threads={threads} on {device}: they need {amount:g} {resource}, "
+                             f"the Ray cluster has {total.get(resource, 0):g}")
+
+
 def _check_integer(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
@@ -222,7 +233,7 @@ class ShardedIndex(Index):
                              "(Flat, TorchFlat, HNSW) can be sharded over GPUs")
         super().__init__(spec, int(d), metric, torch.device(device))
         ray = connect(address)
-        self._check_resources(ray, int(shards), int(threads), device)
+        _check_cluster_fits(ray, "shards", int(shards), int(threads), device)
         if storage_dir is None:
             storage_dir = tempfile.mkdtemp(prefix="embedsearch-shards-")
             self._cleanup = weakref.finalize(self, shutil.rmtree, storage_dir, True)
@@ -244,15 +255,6 @@ class ShardedIndex(Index):
                 ray.kill(shard)
             raise RuntimeError(f"{shards} shard actors did not start within {START_TIMEOUT_S:g} s: the cluster "
                                f"has {ray.available_resources()} free") from None
-
-    @staticmethod
-    def _check_resources(ray, shards: int, threads: int, device: str) -> None:
-        total = ray.cluster_resources()
-        need = {"CPU": shards * threads, "GPU": shards if device == "cuda" else 0}
-        for resource, amount in need.items():
-            if amount > total.get(resource, 0):
-                raise ValueError(f"shards={shards} x threads={threads} on {device}: the shards need {amount:g} "
-                                 f"{resource}, the Ray cluster has {total.get(resource, 0):g}")
 
     @property
     def shards(self) -> int:
@@ -384,8 +386,9 @@ def embed_distributed(root: str | Path, output_dir: str | Path, model: str | Non
                       address: str | None = None) -> Path:
     """Embed an image tree on Ray Data; write parquet shards (row, label, embedding) to `output_dir`.
 
-    `root` is an ImageFolder tree (root/<class>/<image>) or a Tiny ImageNet root (its `split`).
-    `workers` actors each load `model` once (one GPU each on device "cuda", else `threads` CPU
+    `root` is an ImageFolder tree (root/<class>/<image>) or a Tiny ImageNet root (its `split`),
+    readable by every node. `workers` actors each load `model` (default: the study's DINO
+    ViT-S/16) once (one GPU each on device "cuda", else `threads` CPU
     threads) and embed batches of `batch_size` images with the model's own preprocessing, so the
     result equals embed_dataset's to float32 round-off. Read it back with read_embeddings.
     """
@@ -402,6 +405,9 @@ def embed_distributed(root: str | Path, output_dir: str | Path, model: str | Non
     check_choice(split, "split", EMBEDDING_SPLITS)
     if is_tiny_imagenet(root):
         dataset = tiny_imagenet(root)[EMBEDDING_SPLITS.index(split)]
+    elif split != "train":
+        raise ValueError(f"split={split!r} selects a Tiny ImageNet split; {str(root)!r} is an ImageFolder tree: "
+                         "pass split='train' (its images) or the folder of the split itself")
     else:
         dataset = image_folder(root)
     if len(dataset) == 0:
@@ -410,8 +416,9 @@ def embed_distributed(root: str | Path, output_dir: str | Path, model: str | Non
     if output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"output_dir={str(output_dir)!r} is not empty: expected a new or empty folder")
     ray = connect(address)
+    _check_cluster_fits(ray, "workers", workers, threads, device)
     items = [{"row": row, "path": str(path), "label": int(label)} for row, (path, label) in enumerate(dataset.samples)]
-    worker_resources = {"num_gpus": 1} if device == "cuda" else {"num_cpus": threads}
+    worker_resources = {"num_cpus": threads, "num_gpus": 1 if device == "cuda" else 0}
     embedded = ray.data.from_items(items).map_batches(
         _EmbeddingWorker, batch_size=batch_size, batch_format="numpy",
         fn_constructor_kwargs=dict(model=model or DEFAULT_MODEL, weights=str(weights), device=device,
