@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -139,7 +140,7 @@ def test_malformed_address_is_refused():
 def test_another_cluster_than_the_connected_one_is_refused(ray_cluster):
     gcs = ray_cluster.get_runtime_context().gcs_address
     assert connect(gcs) is ray_cluster  # the cluster this process already uses
-    listener = __import__("socket").create_server(("127.0.0.1", 0))  # reachable, but another cluster
+    listener = socket.create_server(("127.0.0.1", 0))  # reachable, but another cluster
     try:
         other = f"127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(ValueError, match=f"address='{other}': this process is already connected"):
