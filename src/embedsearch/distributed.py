@@ -73,6 +73,8 @@ def connect(address: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S):
     except ConnectionError as error:
         raise ValueError(f"address={address!r}: no Ray cluster to join ({error}); start one with "
                          "`ray start --head` or pass address=None for a local cluster") from None
+    except Exception as error:  # Ray raises a bare Exception when its local node does not start in time
+        raise RuntimeError(f"address={address!r}: Ray could not start or join a cluster: {error}") from None
     return ray
 
 
