@@ -24,6 +24,7 @@ CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "embed_case": "embed", "build_case": "build", "train_case": "build", "search_case": "search",
     "brute_force_case": "brute_force", "knn_case": "knn", "leave_one_out_case": "leave_one_out",
     "end_to_end_case": "end_to_end", "scaling_case": "scaling",
+    "distributed_search_case": "distributed_search", "distributed_embed_case": "distributed_embed",
 }
 GATE_LINES = pytest.StashKey[list]()  # what sessionfinish saved and gated, printed in the terminal summary
 CALIBRATION = {"test_matmul_gflops": ("gflops", "matmul_gflops"), "test_copy_bandwidth": ("bandwidth_gbs", "copy_gbs")}

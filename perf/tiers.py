@@ -58,6 +58,37 @@ class KnnCase:
 
 
 @dataclass(frozen=True)
+class DistributedSearchCase:
+    """Exact search over `workers` Ray shards of one thread each: strong scaling holds N fixed at n,
+    weak scaling gives each worker n_per_worker vectors."""
+
+    scaling: str  # "strong" or "weak"
+    workers: int
+    n: int
+    d: int
+    nq: int
+    k: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.scaling}-w{self.workers}-n{self.n}-d{self.d}-k{self.k}-nq{self.nq}"
+
+
+@dataclass(frozen=True)
+class DistributedEmbedCase:
+    """embed_distributed of `images` digits images with `workers` Ray Data actors of one thread each."""
+
+    model: str
+    images: int
+    workers: int
+    batch_size: int = 16
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}-i{self.images}-w{self.workers}-b{self.batch_size}"
+
+
+@dataclass(frozen=True)
 class Tier:
     embed: list[EmbedCase]
     build: list[IndexCase]
@@ -67,6 +98,8 @@ class Tier:
     leave_one_out: list[KnnCase]
     end_to_end: list[dict] = field(default_factory=list)  # digits through a timm model: model, k
     scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
+    distributed_search: list[DistributedSearchCase] = field(default_factory=list)
+    distributed_embed: list[DistributedEmbedCase] = field(default_factory=list)
 
 
 def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
@@ -101,6 +134,13 @@ def scaling_grid(sizes: list[int], d: int, nq: int, nlist: int, nprobe: int) -> 
     return [SearchCase(IndexCase(spec, n, d), 10, nq, params) for spec, params in specs for n in sizes]
 
 
+def distributed_grid(n: int, d: int, nq: int, workers: list[int]) -> list[DistributedSearchCase]:
+    """Strong scaling at N = n and weak scaling at N = n / max(workers) per worker, for each worker count."""
+    per_worker = n // max(workers)
+    return [DistributedSearchCase(scaling, w, n if scaling == "strong" else per_worker * w, d, nq, 10)
+            for scaling in ("strong", "weak") for w in workers]
+
+
 def knn_grid(shape: tuple[int, int, int, int], ks: list[int]) -> list[KnnCase]:
     return [KnnCase(*shape, k, vote) for k in ks for vote in ("majority", "weighted")]
 
@@ -115,6 +155,8 @@ TIERS: dict[str, Tier] = {
         leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted")],
         end_to_end=[dict(model="test_vit", k=10)],
         scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
+        distributed_search=distributed_grid(5_000, 64, nq=200, workers=[1, 2]),
+        distributed_embed=[DistributedEmbedCase("test_vit", 16, workers) for workers in (1, 2)],
     ),
     "default": Tier(
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32)],
@@ -126,6 +168,8 @@ TIERS: dict[str, Tier] = {
         leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted")],
         end_to_end=[dict(model="test_vit", k=10)],
         scaling=scaling_grid([12_500, 25_000, 50_000, 100_000], 128, nq=1000, nlist=256, nprobe=16),
+        distributed_search=distributed_grid(100_000, 384, nq=1000, workers=[1, 2]),
+        distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 64, workers) for workers in (1, 2)],
     ),
     "full": Tier(
         embed=[EmbedCase(model, batch, precision)
@@ -140,5 +184,8 @@ TIERS: dict[str, Tier] = {
         leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted")],
         end_to_end=[dict(model="vit_small_patch16_224.dino", k=20)],
         scaling=scaling_grid([160_000, 320_000, 640_000, 1_281_167], 384, nq=10_000, nlist=4096, nprobe=64),
+        distributed_search=distributed_grid(1_281_167, 384, nq=10_000, workers=[1, 2, 4, 8]),
+        distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 512, workers, 64)
+                           for workers in (1, 2, 4, 8)],
     ),
 }

@@ -30,3 +30,15 @@ def tiny_imagenet_root(tmp_path: Path) -> Path:
         lines.append(f"{name}\t{wnids[class_index]}\t0\t0\t15\t15")
     (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster of 2 CPUs for the whole test session (later connect() calls reuse it)."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()

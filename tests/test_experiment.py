@@ -121,3 +121,20 @@ def test_study_comparison_names_known_datasets_only():
     assert "4689" in format_study_comparison(result, "imagenet")
     with pytest.raises(ValueError, match="published figures exist for \\['imagenet'\\]"):
         format_study_comparison(result, "cifar")
+
+
+def test_cli_run_on_ray_shards_classifies_like_one_index(ray_cluster, tmp_path, capsys):
+    local, sharded = tmp_path / "local.json", tmp_path / "ray.json"
+    assert main(["run", "--device", "cpu", "--json", str(local)]) == 0
+    assert main(["run", "--device", "cpu", "--engine", "ray", "--shards", "2", "--json", str(sharded)]) == 0
+    local_record, sharded_record = json.loads(local.read_text()), json.loads(sharded.read_text())
+    assert sharded_record["config"]["engine"] == "ray" and sharded_record["config"]["shards"] == 2
+    assert sharded_record["accuracy"] == local_record["accuracy"]
+
+
+def test_cli_engine_options_need_the_ray_engine(capsys):
+    assert main(["run", "--shards", "2"]) == 2
+    assert "--shards / --ray-address need --engine ray, got --engine local" in capsys.readouterr().err
+    pytest.importorskip("ray")
+    assert main(["run", "--engine", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+    assert "address='127.0.0.1:1': no Ray cluster answered" in capsys.readouterr().err

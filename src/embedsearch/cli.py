@@ -21,7 +21,7 @@ from .gate import checkout_root, gate, rerun_suite
 from .storage import latest_run, load_runs
 from .data import clustered_embeddings
 from .embed import PRECISIONS
-from .experiment import (STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
+from .experiment import (ENGINES, STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
                          run_experiment)
 from .index import build_index
 from .knn import class_scores, similarities, topk_accuracy
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, weights=args.weights, device=args.device, index=args.index,
         ks=tuple(args.k), vote=args.vote, temperature=args.temperature, batch_size=args.batch_size,
         workers=args.workers, precision=args.precision, embeddings=args.embeddings, n_train=args.n_train,
-        n_val=args.n_val, d=args.d, classes=args.classes)
+        n_val=args.n_val, d=args.d, classes=args.classes, **_engine_options(args))
     result = run_experiment(config)
     print(format_table(result))
     if args.compare_study:
@@ -74,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(result.to_json())
         print(f"\nresult record: {args.json}")
     return 0
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """ExperimentConfig's engine fields; --shards and --ray-address are refused without --engine ray."""
+    if args.engine != "ray" and (args.shards is not None or args.ray_address is not None):
+        raise ValueError(f"--shards / --ray-address need --engine ray, got --engine {args.engine}")
+    options = {"engine": args.engine, "ray_address": args.ray_address}
+    return options if args.shards is None else {**options, "shards": args.shards}
 
 
 def gate_command(args: argparse.Namespace) -> int:
@@ -182,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--d", type=int, default=defaults.d, help="synthetic dimension")
     run_parser.add_argument("--classes", type=int, default=defaults.classes, help="synthetic classes")
     run_parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads")
+    run_parser.add_argument("--engine", default=defaults.engine, choices=ENGINES,
+                            help="local: one in-process index; ray: the index sharded over Ray actors (the ray extra)")
+    run_parser.add_argument("--shards", type=int,
+                            help=f"--engine ray: shard actors, one cpu thread or GPU each (default {defaults.shards})")
+    run_parser.add_argument("--ray-address",
+                            help="--engine ray: 'auto', 'host:port' or 'ray://host:port' of a running cluster "
+                                 "(default: start or reuse a local one)")
     run_parser.add_argument("--json", help="write the result record (every parameter, version, figure) here")
     run_parser.add_argument("--compare-study", nargs="?", const="imagenet", choices=sorted(STUDY_FIGURES),
                             help="print the study's published figures next to this run's, with ratios")

@@ -24,6 +24,7 @@ from .validation import as_vectors, check_choice
 
 PIXELS_MODEL = "pixels"  # no network: an image's raw pixels, flattened, are its embedding
 DIGITS_TRAIN = 1297  # digits split: the first 1297 images train, the last 500 validate
+ENGINES = ("local", "ray")  # local: one in-process index; ray: the index sharded over Ray actors
 
 STUDY_K = 20
 # The study's published figures (DINO ViT-S/16, k=20 weighted vote, FAISS Flat), in seconds.
@@ -56,6 +57,9 @@ class ExperimentConfig:
     n_val: int = 10_000
     d: int = 384
     classes: int = 200
+    engine: str = "local"
+    shards: int = 2  # engine "ray": shard actors (one cpu thread or one GPU each)
+    ray_address: str | None = None  # engine "ray": None (local cluster), "auto", "host:port" or "ray://host:port"
 
 
 @dataclass
@@ -91,6 +95,7 @@ class _Embedded:
 def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Run the study's pipeline for `config` and return its result record."""
     check_choice(config.vote, "vote", VOTES)
+    check_choice(config.engine, "engine", ENGINES)
     if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
         raise ValueError(f"ks={config.ks!r}: expected one or more positive integers")
     device = resolve_device(config.device)
@@ -104,7 +109,13 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         raise ValueError(f"ks={config.ks}: expected k <= {len(embedded.train_vectors) - 1} (train size - 1)")
     index_device = "cpu" if device.type == "cpu" else str(device)
     with measure_stage(device) as stages["build"]:
-        index = build_index(config.index, embedded.train_vectors, "ip", index_device)
+        if config.engine == "ray":
+            from .distributed import build_sharded_index  # Ray is imported there only
+
+            index = build_sharded_index(config.index, embedded.train_vectors, "ip", config.shards,
+                                        config.ray_address, device="cpu" if device.type == "cpu" else "cuda")
+        else:
+            index = build_index(config.index, embedded.train_vectors, "ip", index_device)
     with measure_stage(device) as stages["search_train"]:
         train_distances, train_ids = leave_one_out_search(index, embedded.train_vectors, k_max)
     with measure_stage(device) as stages["search_val"]:

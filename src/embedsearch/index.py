@@ -163,6 +163,19 @@ class FaissIndex(Index):
             _check_positive("efSearch", efSearch, None)
             self._parameter_space.set_index_parameter(self._index, "efSearch", int(efSearch))
 
+    def __getstate__(self) -> dict:
+        # The FAISS index pickles through FAISS's own serialisation; its ParameterSpace cannot be
+        # pickled and holds no state, so it is rebuilt. A GPU index holds device memory: refused.
+        if self.device.type == "cuda":
+            raise TypeError(f"index {self.spec!r} on {self.device} cannot be pickled: pickle a cpu index")
+        state = dict(self.__dict__)
+        del state["_parameter_space"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._parameter_space = faiss.ParameterSpace()
+
 
 class TorchFlatIndex(Index):
     """Exact search by matrix product + top-k in torch, blocked over queries and database.

@@ -1,0 +1,178 @@
+"""Sharded search on Ray actors and distributed embedding, on one local Ray cluster per test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedsearch import distributed
+from embedsearch.data import tiny_imagenet
+from embedsearch.distributed import RayNotInstalledError, ShardedIndex, build_sharded_index, connect
+from embedsearch.index import build_index
+
+D = 8  # dimension of the hypothesis suite's vectors: one index per test, refilled per example
+
+
+def assert_same_results(got, expected, atol=1e-5):
+    """Exact search results agree: distances to round-off, ids wherever the distance is not tied."""
+    (distances, ids), (expected_distances, expected_ids) = got, expected
+    np.testing.assert_allclose(distances, expected_distances, rtol=0, atol=atol)
+    tied = np.zeros(expected_ids.shape, dtype=bool)
+    gaps = np.abs(np.diff(expected_distances, axis=1)) <= atol
+    tied[:, 1:] |= gaps
+    tied[:, :-1] |= gaps
+    np.testing.assert_array_equal(ids[~tied], expected_ids[~tied])
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ModuleNotFoundError
+    with pytest.raises(RayNotInstalledError, match=r"embedsearch\[ray\]"):
+        connect()
+    with pytest.raises(ImportError):
+        build_sharded_index("Flat", np.ones((4, 2), dtype=np.float32), shards=2)
+
+
+@pytest.mark.parametrize("spec, metric, shards", [("Flat", "ip", 2), ("Flat", "l2", 1), ("TorchFlat", "ip", 2)])
+def test_exact_sharded_search_equals_one_index(ray_cluster, spec, metric, shards):
+    index = ShardedIndex(spec, D, metric, shards)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=3), nq=st.integers(1, 20),
+           k_fraction=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
+    def check(sizes, nq, k_fraction, seed):
+        rng = np.random.default_rng(seed)
+        batches = [rng.standard_normal((size, D), dtype=np.float32) for size in sizes]
+        queries = rng.standard_normal((nq, D), dtype=np.float32)
+        index.reset()
+        for batch in batches:  # several adds: global ids continue across them
+            index.add(batch)
+        database = np.concatenate(batches)
+        k = 1 + round(k_fraction * (len(database) - 1))
+        assert index.ntotal == len(database)
+        assert_same_results(index.search(queries, k), build_index(spec, database, metric).search(queries, k))
+
+    try:
+        check()
+    finally:
+        index.close()
+
+
+def test_ivf_shards_share_one_quantizer(ray_cluster):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2000, 16), dtype=np.float32)
+    queries = rng.standard_normal((50, 16), dtype=np.float32)
+    sharded = build_sharded_index("IVF16,Flat", vectors, "ip", shards=2)
+    try:
+        single = build_index("IVF16,Flat", vectors, "ip")
+        for nprobe in (3, 16):  # same quantizer: the same lists probed, so the single index's results
+            sharded.set_search_params(nprobe=nprobe)
+            single.set_search_params(nprobe=nprobe)
+            assert_same_results(sharded.search(queries, 10), single.search(queries, 10))
+        assert sharded.shard_sizes() == [1000, 1000]
+        assert sharded.nbytes() > single.nbytes()  # two copies of the centroids, plus 8-byte global ids
+        with pytest.raises(ValueError, match="nprobe=17"):
+            sharded.set_search_params(nprobe=17)
+        with pytest.raises(ValueError, match="efSearch"):
+            sharded.set_search_params(efSearch=8)
+    finally:
+        sharded.close()
+
+
+def test_search_in_flight_survives_killed_shards(ray_cluster):
+    """Kill every shard process while a long search runs: it is retried on the restarted, reloaded shards."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((20_000, 64), dtype=np.float32)
+    queries = rng.standard_normal((20_000, 64), dtype=np.float32)
+    index = build_sharded_index("Flat", vectors, "ip", shards=2)
+    try:
+        pids = index.shard_pids()
+        outcome = {}
+        search = threading.Thread(target=lambda: outcome.update(result=index.search(queries, 5)))
+        search.start()
+        time.sleep(0.5)
+        assert search.is_alive(), "the search finished before the kill: make it longer"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        search.join()
+        assert_same_results(outcome["result"], build_index("Flat", vectors, "ip").search(queries, 5), atol=1e-4)
+        assert set(index.shard_pids()).isdisjoint(pids)  # both actors were restarted
+        assert index.shard_sizes() == [10_000, 10_000]
+    finally:
+        index.close()
+
+
+def test_bad_input_is_refused(ray_cluster):
+    vectors = np.random.default_rng(2).standard_normal((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="shards=0"):
+        build_sharded_index("Flat", vectors, shards=0)
+    with pytest.raises(ValueError, match=r"shards=4: expected at most one shard per vector \(3 vectors\)"):
+        build_sharded_index("Flat", vectors, shards=4)
+    with pytest.raises(ValueError, match="shards=3 x threads=1 on cpu: they need 3 CPU, the Ray cluster has 2"):
+        build_sharded_index("Flat", vectors, shards=3)
+    with pytest.raises(ValueError, match="device='tpu'"):
+        ShardedIndex("Flat", 4, "ip", 1, device="tpu")
+    with pytest.raises(ValueError, match="index spec 'Nope'"):
+        ShardedIndex("Nope", 4, "ip", 1)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_unreachable_address_is_named(address):
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match=f"address='{address}': no Ray cluster answered at 127.0.0.1:1 within 0.5 s"):
+        connect(address, timeout_s=0.5)
+
+
+def test_malformed_address_is_refused():
+    pytest.importorskip("ray")
+    with pytest.raises(ValueError, match="address='headnode'"):
+        connect("headnode")
+
+
+def test_another_cluster_than_the_connected_one_is_refused(ray_cluster):
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    assert connect(gcs) is ray_cluster  # the cluster this process already uses
+    listener = socket.create_server(("127.0.0.1", 0))  # reachable, but another cluster
+    try:
+        other = f"127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ValueError, match=f"address='{other}': this process is already connected"):
+            connect(other)
+    finally:
+        listener.close()
+
+
+def test_distributed_embedding_equals_embed_dataset(ray_cluster, tiny_imagenet_root, tmp_path):
+    from embedsearch.embed import embed_dataset, load_model
+
+    model = load_model("test_vit", weights="random")
+    _, val = tiny_imagenet(tiny_imagenet_root, model.transform())
+    output = distributed.embed_distributed(tiny_imagenet_root, tmp_path / "embedded-val", model="test_vit", weights="random",
+                                           split="val", workers=2, batch_size=3)
+    vectors, labels = distributed.read_embeddings(output)
+    np.testing.assert_allclose(vectors, embed_dataset(model, val, batch_size=4), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(labels, val.targets)
+    with pytest.raises(ValueError, match="is not empty"):
+        distributed.embed_distributed(tiny_imagenet_root, output, model="test_vit", weights="random")
+
+
+def test_a_shard_that_lost_its_files_fails_loudly(ray_cluster):
+    vectors = np.random.default_rng(3).standard_normal((100, 4), dtype=np.float32)
+    index = build_sharded_index("Flat", vectors, "ip", shards=2)
+    try:
+        for part in (index.storage_dir / "shard-0").glob("part-*.npz"):
+            part.unlink()  # as on a node that cannot read storage_dir
+        os.kill(index.shard_pids()[0], signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="shard-0 holds 0 vectors, expected 50"):
+            index.search(vectors[:3], 5)
+    finally:
+        index.close()
+    with pytest.raises(ValueError, match="is closed"):
+        index.search(vectors[:3], 5)
