@@ -232,27 +232,25 @@ def _embeddings_exist(path: str) -> bool:
 
 
 def _embeddings_key(config: ExperimentConfig) -> dict:
-    """Everything that produced the embeddings: data set (parameters, or its files' names and sizes), model,
-    weights (a file's content hash) and precision."""
+    """Everything that produced the embeddings: data set (parameters, or its images' names, sizes and labels),
+    model, weights (a file's content hash) and precision."""
     key: dict = {"dataset": config.dataset, "model": config.model, "weights": str(config.weights),
                  "precision": config.precision}
     if config.dataset == "synthetic":
         key.update((name, getattr(config, name)) for name in _SYNTHETIC_OPTIONS)
     elif config.dataset != "digits":
-        key["files"] = _folder_fingerprint(Path(config.dataset))
+        key["files"] = _images_fingerprint(config.dataset)
     if config.weights not in ("pretrained", "random"):
         key["weights_sha256"] = _file_sha256(Path(config.weights))
     return key
 
 
-def _folder_fingerprint(root: Path) -> str:
-    """sha256 of every file's path (relative to `root`) and size in bytes, in sorted order."""
-    entries = []
-    for folder, _, names in os.walk(root, followlinks=True):
-        for name in names:
-            path = Path(folder, name)
-            entries.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}")
-    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
+def _images_fingerprint(dataset: str) -> str:
+    """sha256 of every train and val image's path (relative to the data set's root), size in bytes and label."""
+    train, val, _ = _image_datasets(dataset, None)
+    entries = [f"{split}\t{Path(path).relative_to(dataset).as_posix()}\t{os.stat(path).st_size}\t{label}"
+               for split, images in (("train", train), ("val", val)) for path, label in images.samples]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def _file_sha256(path: Path) -> str:
