@@ -362,3 +362,11 @@ def test_ef_search_reaches_the_hnsw_level_of_composite_indexes(spec):
         level = faiss.downcast_index(level.base_index if isinstance(level, faiss.IndexRefine)
                                      else level.quantizer if isinstance(level, faiss.IndexIVF) else level.index)
     assert level.hnsw.efSearch == 77
+
+
+@needs_faiss_gpu
+def test_gpu_nprobe_is_bounded_by_faiss_gpu():
+    vectors = np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32)
+    index = build_index("IVF4096,Flat", vectors, device="cuda")
+    with pytest.raises(ValueError, match="nprobe=2049: expected at most 2048"):
+        index.set_search_params(nprobe=2049)

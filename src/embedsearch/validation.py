@@ -56,7 +56,7 @@ def as_vectors(array: object, name: str, d: int | None = None) -> np.ndarray:
             raise ValueError(
                 f"{name}: {vanished.size} non-zero row(s) have a float32 squared norm of 0 (first at row "
                 f"{vanished[0]}, largest value {float(np.abs(array[vanished[0]]).max()):.3g}){converted}; "
-                f"expected values whose squares are representable in float32 (magnitudes above about 1e-22)"
+                f"expected values whose squares are representable in float32 (magnitudes above about 4e-23)"
             )
     return vectors
 
