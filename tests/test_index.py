@@ -51,9 +51,10 @@ def search_problems(draw):
     d = draw(st.integers(1, 24))
     n = draw(st.integers(1, 60))
     nq = draw(st.integers(1, 12))
-    # small integers make exact ties common; floats exercise the general case
+    # small integers make exact ties common; floats exercise the general case (magnitudes whose
+    # squares underflow float32 are refused by the boundary check: tested in test_validation.py)
     elements = draw(st.sampled_from([st.integers(-2, 2).map(float),
-                                     st.floats(-10, 10, width=32, allow_subnormal=False)]))
+                                     st.floats(-10, 10, width=32).filter(lambda x: x == 0 or abs(x) > 1e-18)]))
     database = draw(arrays(np.float32, (n, d), elements=elements))
     queries = draw(arrays(np.float32, (nq, d), elements=elements))
     k = draw(st.integers(1, n))
