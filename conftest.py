@@ -61,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.option.perf_save_name = "autosave"
         config.option.benchmark_save = None
         config.option.benchmark_autosave = False
+        check_output_folders(config)
         if config.getoption("perf_gate"):
             from embedsearch.storage import latest_run
 
@@ -72,6 +73,22 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_disable = True
         if config.getoption("perf_gate"):
             raise pytest.UsageError("--perf-gate needs --benchmark: only a timed run can be gated")
+
+
+def check_output_folders(config: pytest.Config) -> None:
+    """Refuse, before any timing, folders the run will write into but cannot (--benchmark-json is opened by its parser)."""
+    from embedsearch.files import check_writable
+
+    folders = {"--perf-memray-dir": config.getoption("perf_memray_dir")}
+    storage = config.getoption("benchmark_storage")
+    if config.option.perf_save_name and (storage.startswith("file://") or "://" not in storage):
+        folders["--benchmark-storage"] = storage.removeprefix("file://")
+    for option, folder in folders.items():
+        if folder:
+            try:
+                check_writable(folder, option, directory=True)
+            except ValueError as error:
+                raise pytest.UsageError(f"{error} (checked before the run: it would fail only after the timing)") from None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,6 +17,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 import embedsearch
 from embedsearch.data import EmbeddingSplit, clustered_embeddings
+from embedsearch.files import save_npz_atomically
 from embedsearch.index import Index, build_index
 from embedsearch.knn import similarities
 from embedsearch.memory import profile_memory
@@ -140,10 +141,7 @@ class DataCache:
                 value = {name: stored[name] for name in stored.files}
         else:
             value = make()
-            self.folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.partial.npz")
-            np.savez(partial, **value)
-            os.replace(partial, path)  # atomic: a reader never sees half a file
+            save_npz_atomically(path, value)  # a reader never sees half a file
         self.memory[key] = value
         return value
 

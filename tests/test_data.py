@@ -36,11 +36,41 @@ def test_separation_controls_class_structure():
     (dict(n_classes=200), "n_classes=200 exceeds n_train=100"),
     (dict(separation=-1.0), "separation=-1.0"),
     (dict(separation=float("nan")), "separation=nan"),
+    (dict(n_train=True), "n_train=True: expected an integer >= 1"),
+    (dict(seed="0"), "seed='0': expected an integer >= 0"),
+    (dict(seed=-1), "seed=-1: expected an integer >= 0"),
 ])
 def test_clustered_embeddings_rejects_bad_arguments(kwargs, message):
     arguments = dict(n_train=100, n_val=10, d=8, n_classes=4) | kwargs
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         clustered_embeddings(**arguments)
+
+
+@pytest.mark.parametrize("separation", ["0.27", None])
+def test_clustered_embeddings_names_a_separation_of_the_wrong_type(separation):
+    with pytest.raises(TypeError, match=f"separation={separation!r}: expected a finite number >= 0"):
+        clustered_embeddings(100, 10, 8, 4, separation=separation)
+
+
+def test_unreadable_images_are_named(tiny_imagenet_root):
+    # PIL's "OSError: Truncated File Read" came without the file, after the train set was embedded
+    corrupt = tiny_imagenet_root / "val" / "images" / "val_1.JPEG"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    _, val = tiny_imagenet(tiny_imagenet_root)
+    with pytest.raises(ValueError, match=f"image '{corrupt}' could not be read: OSError"):
+        val[1]
+    not_an_image = tiny_imagenet_root / "train" / "n01443537" / "images" / "n01443537_1.JPEG"
+    not_an_image.write_text("hello")
+    train = image_folder(tiny_imagenet_root / "train")
+    with pytest.raises(ValueError, match=f"image '{not_an_image}' could not be read: UnidentifiedImageError"):
+        train[1]
+
+
+def test_binary_val_annotations_are_named(tiny_imagenet_root):
+    annotations = tiny_imagenet_root / "val" / "val_annotations.txt"
+    annotations.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match=f"'{annotations}' is not UTF-8 text"):
+        tiny_imagenet(tiny_imagenet_root)
 
 
 def test_image_folder_reads_classes_and_reports_missing_root(tiny_imagenet_root, tmp_path):

@@ -109,3 +109,20 @@ def test_cuda_embeddings_match_cpu(digits, precision):
     tolerance = 1e-4 if precision == "fp32" else 5e-2
     np.testing.assert_allclose(embed_dataset(gpu, digits, precision=precision), embed_dataset(cpu, digits),
                                atol=tolerance)
+
+
+@pytest.mark.parametrize("suffix, content", [
+    (".pth", b""), (".pth", b"not a checkpoint\n"), (".pth", "truncated"),
+    (".safetensors", b"not a checkpoint\n"), (".safetensors", "truncated"),
+])
+def test_unreadable_checkpoints_are_named(model, tmp_path, suffix, content):
+    # torch.load and safetensors raised Errno 22, EOFError '' or KeyError 101, naming no file
+    path = tmp_path / f"weights{suffix}"
+    if content == "truncated":
+        state = {name: tensor.contiguous() for name, tensor in model.model.state_dict().items()}
+        save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"weights file '{path}' could not be read as a checkpoint"):
+        load_model(TEST_MODEL, weights=path)

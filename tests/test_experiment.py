@@ -1,12 +1,19 @@
+import dataclasses
 import json
+import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
+import torch
 from sklearn.neighbors import KNeighborsClassifier
 
+from embedsearch import experiment
 from embedsearch.cli import main
 from embedsearch.data import clustered_embeddings, digits_arrays
+from embedsearch.embed import load_model
 from embedsearch.experiment import DIGITS_TRAIN, ExperimentConfig, format_study_comparison, run_experiment
 
 
@@ -138,3 +145,98 @@ def test_cli_engine_options_need_the_ray_engine(capsys):
     pytest.importorskip("ray")
     assert main(["run", "--engine", "ray", "--ray-address", "127.0.0.1:1"]) == 2
     assert "address='127.0.0.1:1': no Ray cluster answered" in capsys.readouterr().err
+def test_saved_embeddings_refuse_other_synthetic_parameters(tmp_path):
+    # a rerun with another --n-train, --n-val, --d or --classes silently reused the old data
+    path = str(tmp_path / "emb.npz")
+    small = dict(dataset="synthetic", n_train=300, n_val=50, d=16, classes=5, ks=(1,), device="cpu", embeddings=path)
+    first = run_experiment(ExperimentConfig(**small))
+    assert not first.embeddings_loaded and run_experiment(ExperimentConfig(**small)).embeddings_loaded
+    for name, value in (("n_train", 400), ("n_val", 60), ("d", 8), ("classes", 6)):
+        with pytest.raises(ValueError, match=f"embeddings='{path}' were made for .*they differ in {name}\\)"):
+            run_experiment(ExperimentConfig(**small | {name: value}))
+
+
+def test_saved_embeddings_refuse_a_changed_image_folder_or_weights_file(tiny_imagenet_root, tmp_path, monkeypatch):
+    path = str(tmp_path / "emb.npz")
+    config = ExperimentConfig(dataset=str(tiny_imagenet_root), model="test_vit", ks=(1,), device="cpu",
+                              embeddings=path)
+    run_experiment(config)
+    extra = tiny_imagenet_root / "train" / "n01443537" / "images" / "n01443537_9.JPEG"
+    extra.write_bytes((tiny_imagenet_root / "train" / "n01443537" / "images" / "n01443537_0.JPEG").read_bytes())
+    with pytest.raises(ValueError, match="they differ in files"):
+        run_experiment(config)
+    extra.unlink()
+    assert run_experiment(config).embeddings_loaded
+    weights = tmp_path / "weights.pth"
+    torch.save(load_model("test_vit", weights="random").model.state_dict(), weights)
+    with_weights = dataclasses.replace(config, weights=str(weights), embeddings=str(tmp_path / "w.npz"))
+    run_experiment(with_weights)
+    torch.save({name: tensor + 1 for name, tensor in torch.load(weights).items()}, weights)
+    with pytest.raises(ValueError, match="they differ in weights_sha256"):
+        run_experiment(with_weights)
+
+
+@pytest.mark.parametrize("content", ["random bytes", "truncated npz", "npz without key", "renamed npy"])
+def test_unreadable_embeddings_files_are_named_and_exit_2(tmp_path, capsys, content):
+    path = tmp_path / "emb.npz"
+    if content == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif content == "renamed npy":
+        np.save(tmp_path / "emb.npy", np.zeros((3, 4), dtype=np.float32))
+        (tmp_path / "emb.npy").rename(path)
+    else:
+        assert main(["run", "--embeddings", str(path)]) == 0
+        if content == "truncated npz":
+            path.write_bytes(path.read_bytes()[:3000])
+        else:
+            with np.load(path) as stored:
+                arrays = {name: stored[name] for name in stored.files if name != "key"}
+            np.savez(path, **arrays)
+    capsys.readouterr()
+    assert main(["run", "--embeddings", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"embeddings='{path}'" in error and "Traceback" not in error, error
+
+
+def test_an_embeddings_folder_is_refused_before_embedding(tiny_imagenet_root, tmp_path, monkeypatch):
+    # it failed after embedding and left DIR.partial.npz behind
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before checking --embeddings")
+
+    monkeypatch.setattr(experiment, "embed_dataset", no_embedding)
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=f"embeddings='{folder}' is a directory: expected a file path"):
+        run_experiment(ExperimentConfig(dataset=str(tiny_imagenet_root), model="test_vit", ks=(1,), device="cpu",
+                                        embeddings=str(folder)))
+    assert list(tmp_path.glob("*.partial.npz")) == []
+
+
+def test_an_interrupted_embeddings_save_is_cleaned_up_by_the_next(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a writer that has gone: its temporary (as SIGKILL would leave it) is stale
+    path = tmp_path / "emb.npz"
+    stale = tmp_path / f"emb.npz.{socket.gethostname().replace('.', '_')}.{dead.pid}.0.partial.npz"
+    stale.write_bytes(b"half an archive")
+    run_experiment(ExperimentConfig(ks=(1,), device="cpu", embeddings=str(path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.npz"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--weights", "/nonexistent.pth"], "weights='/nonexistent.pth': expected 'pretrained', 'random' or an existing"),
+    (["--batch-size", "-5"], "batch_size=-5: expected an integer >= 1"),
+    (["--workers", "-3"], "workers=-3: expected an integer >= 0"),
+    (["--precision", "bf16"], "precision='bf16': not used here (model='pixels' embeds raw pixels"),
+    (["--batch-size", "8", "--workers", "2"], "batch_size=8, workers=2: not used here (model='pixels'"),
+    (["--n-train", "5000"], "n_train=5000: not used here (they shape dataset='synthetic' only)"),
+    (["--dataset", "synthetic", "--model", "test_vit"], "model='test_vit': not used here (dataset='synthetic'"),
+    (["--dataset", "/nonexistent"], "dataset='/nonexistent': no such folder"),
+    (["--index", "HNSW1"], "HNSW1 has M=1, expected M >= 2"),
+    (["--index", "HNSW0"], "HNSW0 has M=0, expected M >= 2"),
+    (["--temperature", "0"], "temperature=0.0: expected a finite number > 0"),
+])
+def test_run_refuses_options_that_do_not_apply_or_are_invalid(capsys, arguments, message):
+    # the pixels model ignored --weights, --batch-size, --workers and --precision and recorded them
+    assert main(["run", "--k", "1", *arguments]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error, error

@@ -1,3 +1,5 @@
+import re
+
 import faiss
 import numpy as np
 import pytest
@@ -49,9 +51,10 @@ def search_problems(draw):
     d = draw(st.integers(1, 24))
     n = draw(st.integers(1, 60))
     nq = draw(st.integers(1, 12))
-    # small integers make exact ties common; floats exercise the general case
+    # small integers make exact ties common; floats exercise the general case (magnitudes whose
+    # squares underflow float32 are refused by the boundary check: tested in test_validation.py)
     elements = draw(st.sampled_from([st.integers(-2, 2).map(float),
-                                     st.floats(-10, 10, width=32, allow_subnormal=False)]))
+                                     st.floats(-10, 10, width=32).filter(lambda x: x == 0 or abs(x) > 1e-18)]))
     database = draw(arrays(np.float32, (n, d), elements=elements))
     queries = draw(arrays(np.float32, (nq, d), elements=elements))
     k = draw(st.integers(1, n))
@@ -262,3 +265,109 @@ def test_faiss_gpu_flat_equals_reference(sharded):
     distances, ids = index.search(split.val_vectors, 10)
     assert_exact_search(split.train_vectors, split.val_vectors, 10, "l2", distances, ids)
     assert index.nbytes() >= 4 * 3000 * 48
+
+
+# PQ "np": without polysemous training, which takes up to a minute on a loaded 2-core machine
+@pytest.mark.parametrize("spec", ["IVF16,PQ4x4np", "PQ4x4np", "IVF16,SQ8", "HNSW8,SQ8", "PCA16,HNSW8", "IVF16,Flat"])
+def test_train_after_add_is_refused_and_leaves_the_index_intact(spec):
+    # retraining relearns codebooks (or a transform) that the stored codes were written with: self-hit@1
+    # of a PQ index fell from 200 of 200 to a few, with no error
+    vectors = np.random.default_rng(0).standard_normal((1000, 32)).astype(np.float32)
+    index = build_index(spec, vectors)
+    before = index.search(vectors[:200], 1)[1]
+    with pytest.raises(ValueError, match=rf"cannot train index '{re.escape(spec)}' holding 1000 vectors.*reset\(\)"):
+        index.train(3 * vectors + 1)
+    np.testing.assert_array_equal(index.search(vectors[:200], 1)[1], before)
+    index.reset()
+    index.train(3 * vectors + 1)  # an empty index may be retrained
+    index.add(vectors)
+    assert index.ntotal == 1000
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW8", TORCH_SPEC])
+def test_train_after_add_is_a_no_op_for_indexes_without_training(spec):
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    index = build_index(spec, vectors)
+    index.train(vectors)
+    assert index.search(vectors[:20], 1)[1].ravel().tolist() == list(range(20))
+
+
+@pytest.mark.parametrize("spec, metric", [("Flat", "l2"), ("Flat", "ip"), (TORCH_SPEC, "l2"), (TORCH_SPEC, "ip"),
+                                          ("HNSW8", "ip"), ("HNSW8", "l2")])
+@pytest.mark.parametrize("magnitude", [1e19, 1e30])
+def test_rows_whose_distances_overflow_float32_are_refused(spec, metric, magnitude):
+    rng = np.random.default_rng(0)
+    database = rng.standard_normal((100, 16)).astype(np.float32)
+    index = build_index(spec, database, metric)
+    huge = (magnitude * rng.standard_normal((3, 16))).astype(np.float32)
+    with pytest.raises(ValueError, match=r"queries: 3 row\(s\) have a squared L2 norm above 1.33e\+36 \(first at row 0"):
+        index.search(huge, 1)
+    with pytest.raises(ValueError, match=r"vectors: 3 row\(s\) have a squared L2 norm above"):
+        build_index(spec, huge, metric)
+
+
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_rows_at_the_largest_accepted_norm_search_exactly(spec, metric):
+    rng = np.random.default_rng(1)
+    database = rng.standard_normal((200, 16))
+    queries = rng.standard_normal((20, 16))
+    scale = 2.0**60 / max(np.linalg.norm(database, axis=1).max(), np.linalg.norm(queries, axis=1).max())
+    database, queries = (scale * database).astype(np.float32), (scale * queries).astype(np.float32)
+    distances, ids = build_index(spec, database, metric).search(queries, 5)
+    assert np.isfinite(distances).all()
+    reference = reference_distances(database, queries, metric)
+    expected = np.sort(reference, axis=1)[:, :5] if metric == "l2" else -np.sort(-reference, axis=1)[:, :5]
+    np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-5 * 2.0**120)
+    np.testing.assert_allclose(np.take_along_axis(reference, ids, axis=1), expected, rtol=1e-4, atol=1e-5 * 2.0**120)
+
+
+@pytest.mark.parametrize("spec", ["IVF4,Flat", "IVF4,PQ4"])
+def test_training_on_overflowing_vectors_is_refused_not_aborted(spec):
+    # FAISS's k-means aborted the process (uncaught FaissException, rc 134) on these
+    vectors = (1e19 * np.random.default_rng(0).standard_normal((1000, 8))).astype(np.float32)
+    index = create_index(spec, 8)
+    with pytest.raises(ValueError, match="training vectors: 1000 row.*squared L2 norm above"):
+        index.train(vectors)
+
+
+@pytest.mark.parametrize("spec", ["HNSW0", "HNSW1", "IVF4_HNSW1,Flat", "PCA8,HNSW1"])
+def test_hnsw_with_fewer_than_two_links_is_refused_before_faiss(spec):
+    # FAISS aborts (M=0, rc 134) or segfaults (M=1, rc 139) on these
+    with pytest.raises(ValueError, match=rf"index spec '{re.escape(spec)}': HNSW[01] has M=[01], expected M >= 2"):
+        create_index(spec, 16)
+
+
+def test_ivf_with_no_lists_is_refused_at_construction():
+    with pytest.raises(ValueError, match="index spec 'IVF0,Flat' has nlist=0 lists: expected at least 1"):
+        create_index("IVF0,Flat", 8)
+
+
+@pytest.mark.parametrize("value", [2**31, 2**40])
+def test_ef_search_beyond_faiss_int_is_refused(value):
+    vectors = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    index = build_index("HNSW8", vectors)
+    with pytest.raises(ValueError, match=f"efSearch={value}: expected at most 2147483647"):
+        index.set_search_params(efSearch=value)
+    index.set_search_params(efSearch=2**31 - 1)  # the largest FAISS holds (not searched: it sizes a heap)
+    assert faiss.downcast_index(index._index).hnsw.efSearch == 2**31 - 1
+
+
+@pytest.mark.parametrize("spec", ["PCA16,HNSW8", "HNSW8,Flat,RFlat", "IVF8_HNSW8,Flat"])
+def test_ef_search_reaches_the_hnsw_level_of_composite_indexes(spec):
+    vectors = np.random.default_rng(0).standard_normal((500, 32)).astype(np.float32)
+    index = build_index(spec, vectors)
+    index.set_search_params(efSearch=77)
+    level = faiss.downcast_index(index._index)
+    while not isinstance(level, faiss.IndexHNSW):
+        level = faiss.downcast_index(level.base_index if isinstance(level, faiss.IndexRefine)
+                                     else level.quantizer if isinstance(level, faiss.IndexIVF) else level.index)
+    assert level.hnsw.efSearch == 77
+
+
+@needs_faiss_gpu
+def test_gpu_nprobe_is_bounded_by_faiss_gpu():
+    vectors = np.random.default_rng(0).standard_normal((4096, 8)).astype(np.float32)
+    index = build_index("IVF4096,Flat", vectors, device="cuda")
+    with pytest.raises(ValueError, match="nprobe=2049: expected at most 2048"):
+        index.set_search_params(nprobe=2049)

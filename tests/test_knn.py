@@ -23,7 +23,8 @@ def test_weighted_vote_sums_exp_similarity_over_temperature():
     ids = np.array([[0, 1, 2]])
     sims = np.array([[0.9, 0.5, 0.4]])
     scores = class_scores(ids, sims, train_labels, 2, "weighted", temperature=0.07)
-    np.testing.assert_allclose(scores, [[np.exp(0.9 / 0.07), np.exp(0.5 / 0.07) + np.exp(0.4 / 0.07)]])
+    # the log of DINO's vote totals
+    np.testing.assert_allclose(np.exp(scores), [[np.exp(0.9 / 0.07), np.exp(0.5 / 0.07) + np.exp(0.4 / 0.07)]])
     # one close neighbour outvotes two far ones, unlike the majority vote
     assert topk_accuracy(scores, np.array([0]), ks=(1,)) == {1: 1.0}
     assert topk_accuracy(class_scores(ids, sims, train_labels, 2, "majority"), np.array([1]), ks=(1,)) == {1: 1.0}
@@ -32,6 +33,33 @@ def test_weighted_vote_sums_exp_similarity_over_temperature():
 def test_missing_neighbours_cast_no_vote():
     scores = class_scores(np.array([[2, -1, -1]]), np.zeros((1, 3)), np.array([0, 1, 1]), 2)
     np.testing.assert_array_equal(scores, [[0, 1]])
+
+
+def test_weighted_vote_is_exact_for_large_similarities():
+    # ip on unnormalised embeddings: exp(60 / 0.07) overflows float64 to inf, and inf ties
+    train_labels = np.array([0, 1, 0])
+    ids = np.array([[0, 1, 2], [1, 0, 2]])
+    sims = np.array([[55.0, 60.0, 54.0], [60.0, 55.0, 55.0]])
+    scores = class_scores(ids, sims, train_labels, 2, "weighted", temperature=0.07)
+    np.testing.assert_array_equal(predict(scores), [1, 1])
+    class_0 = np.logaddexp(55 / 0.07, 54 / 0.07)
+    np.testing.assert_allclose(scores, [[class_0, 60 / 0.07], [np.logaddexp(55 / 0.07, 55 / 0.07), 60 / 0.07]])
+    assert np.isfinite(scores).all()
+
+
+def test_weighted_vote_on_norm_8_vectors_equals_the_float64_reference():
+    split = clustered_embeddings(2000, 500, 32, 10, seed=3)
+    train, val = 8 * split.train_vectors, 8 * split.val_vectors  # ip similarities up to 64
+    distances, ids = build_index("Flat", train, "ip").search(val, 20)
+    scores = class_scores(ids, similarities(distances, "ip"), split.train_labels, 10, "weighted")
+    reference = np.full((len(val), 10), -np.inf)  # log-sum-exp per class, with the row maximum subtracted
+    for row in range(len(val)):
+        for label in range(10):
+            logits = distances[row][split.train_labels[ids[row]] == label].astype(np.float64) / 0.07
+            if logits.size:
+                reference[row, label] = logits.max() + np.log(np.exp(logits - logits.max()).sum())
+    np.testing.assert_allclose(scores, reference, rtol=1e-12)
+    np.testing.assert_array_equal(predict(scores), predict(reference))
 
 
 def test_similarities_from_l2_equal_inner_products_on_unit_vectors():
@@ -92,5 +120,14 @@ def test_class_scores_input_errors():
         class_scores(ids, sims, np.array([0, 1]), 2, "weighted", temperature=0)
     with pytest.raises(TypeError, match="integer class labels"):
         class_scores(ids, sims, np.array([0.0, 1.0]), 2)
+    with pytest.raises(ValueError, match="id -5 is below -1"):
+        class_scores(np.array([[0, -5]]), sims, np.array([0, 1]), 2)
+    with pytest.raises(TypeError, match="neighbor_ids: expected integer ids"):
+        class_scores(np.array([[0.0, 1.0]]), sims, np.array([0, 1]), 2)
+    for temperature in ("0.07", None):
+        with pytest.raises(TypeError, match=f"temperature={temperature!r}: expected a finite number > 0"):
+            class_scores(ids, sims, np.array([0, 1]), 2, "weighted", temperature=temperature)
+    with pytest.raises(ValueError, match="temperature=nan"):
+        class_scores(ids, sims, np.array([0, 1]), 2, "weighted", temperature=float("nan"))
     with pytest.raises(ValueError, match=r"labels: expected a 1-D array of 1 labels, got shape \(2,\)"):
         topk_accuracy(np.zeros((1, 2)), np.array([0, 1]))

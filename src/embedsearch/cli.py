@@ -23,6 +23,7 @@ from .data import clustered_embeddings
 from .embed import PRECISIONS
 from .experiment import (ENGINES, STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
                          run_experiment)
+from .files import check_writable
 from .index import build_index
 from .knn import class_scores, similarities, topk_accuracy
 from .metrics import exact_search_gflops, matmul_gflops, per_second, recall_at_k
@@ -30,6 +31,8 @@ from .metrics import exact_search_gflops, matmul_gflops, per_second, recall_at_k
 
 def demo(args: argparse.Namespace) -> int:
     """Exact search with both backends on synthetic data, next to the NumPy matmul GFLOP/s."""
+    if args.repeats < 1:
+        raise ValueError(f"--repeats={args.repeats}: expected at least 1 timed repeat")
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     split = clustered_embeddings(args.n, args.nq, args.d, args.classes, seed=0)
@@ -65,12 +68,15 @@ def run(args: argparse.Namespace) -> int:
         ks=tuple(args.k), vote=args.vote, temperature=args.temperature, batch_size=args.batch_size,
         workers=args.workers, precision=args.precision, embeddings=args.embeddings, n_train=args.n_train,
         n_val=args.n_val, d=args.d, classes=args.classes, **_engine_options(args))
+    if args.json:  # checked now: the record is written after all the work
+        check_writable(args.json, "--json")
     result = run_experiment(config)
     print(format_table(result))
     if args.compare_study:
         print()
         print(format_study_comparison(result, args.compare_study))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(result.to_json())
         print(f"\nresult record: {args.json}")
     return 0

@@ -41,12 +41,16 @@ def clustered_embeddings(
     """
     for name, value, low in (("n_train", n_train, 1), ("n_val", n_val, 0), ("d", d, 1),
                              ("n_classes", n_classes, 1)):
-        if not isinstance(value, (int, np.integer)) or value < low:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
     if n_classes > n_train:
         raise ValueError(f"n_classes={n_classes} exceeds n_train={n_train}: every class needs a point")
+    if isinstance(separation, bool) or not isinstance(separation, (int, float, np.integer, np.floating)):
+        raise TypeError(f"separation={separation!r}: expected a finite number >= 0")
     if not np.isfinite(separation) or separation < 0:
         raise ValueError(f"separation={separation!r}: expected a finite number >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}: expected an integer >= 0")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_classes, d), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -65,12 +69,22 @@ def clustered_embeddings(
     return EmbeddingSplit(train_vectors, train_labels, val_vectors, val_labels, n_classes)
 
 
+def load_rgb_image(path: str | Path) -> Image.Image:
+    """Return the image at `path` as RGB, or raise ValueError naming the file when it cannot be decoded."""
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL reports truncated or corrupt files as OSError (or SyntaxError) without the path
+        raise ValueError(f"image {str(path)!r} could not be read: {type(error).__name__}: {error}") from None
+
+
 def image_folder(root: str | Path, transform: Callable | None = None) -> ImageFolder:
     """Return a torchvision ImageFolder over `root`/<class>/.../<image>, with a clear error if absent."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
-    return ImageFolder(str(root), transform=transform)
+    return ImageFolder(str(root), transform=transform, loader=load_rgb_image)
 
 
 def is_tiny_imagenet(root: str | Path) -> bool:
@@ -89,7 +103,12 @@ class TinyImageNetVal(Dataset):
             raise FileNotFoundError(f"{str(annotations)!r} not found: not a Tiny ImageNet folder")
         self.transform = transform
         self.samples: list[tuple[Path, int]] = []
-        for line_number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        try:
+            text = annotations.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{str(annotations)!r} is not UTF-8 text ({error.reason} at byte {error.start}): "
+                             "expected '<file>\\t<wnid>\\t...' lines") from None
+        for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             fields = line.split("\t")
@@ -106,7 +125,7 @@ class TinyImageNetVal(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = Image.open(path).convert("RGB")
+        image = load_rgb_image(path)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -117,7 +136,7 @@ def tiny_imagenet(root: str | Path, transform: Callable | None = None) -> tuple[
             f"{str(root)!r} is not a Tiny ImageNet folder: expected train/<wnid>/images/ and "
             "val/images/ with val/val_annotations.txt"
         )
-    train = ImageFolder(str(Path(root) / "train"), transform=transform)
+    train = ImageFolder(str(Path(root) / "train"), transform=transform, loader=load_rgb_image)
     return train, TinyImageNetVal(root, train.class_to_idx, transform)
 
 

@@ -95,7 +95,14 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | Path = "pretrained", de
 
 def _load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
     """Load a safetensors or torch state dict strictly, ignoring only the removed classifier."""
-    state_dict = timm.models.load_state_dict(str(checkpoint))
+    try:
+        state_dict = timm.models.load_state_dict(str(checkpoint))
+    except Exception as error:  # torch.load and safetensors raise many types (EOFError, KeyError, ...) on bad files
+        raise ValueError(
+            f"weights file {str(checkpoint)!r} could not be read as a checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}): expected a .safetensors or torch "
+            ".pth/.pt/.bin state dict"
+        ) from None
     classifier = model.pretrained_cfg.get("classifier") or "head"
     prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state_dict = {key: value for key, value in state_dict.items()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import platform
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,11 +19,12 @@ from torch.utils.data import Dataset
 from . import __version__
 from .data import DigitsImages, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
 from .device import resolve_device
-from .embed import embed_dataset, load_model
+from .embed import PRECISIONS, embed_dataset, load_model
+from .files import check_writable, save_npz_atomically
 from .index import build_index
 from .knn import DEFAULT_TEMPERATURE, VOTES, class_scores, leave_one_out_search, similarities, topk_accuracy
 from .memory import StageMeasure, measure_stage
-from .validation import as_vectors, check_choice
+from .validation import as_labels, as_vectors, check_choice, check_positive_number
 
 PIXELS_MODEL = "pixels"  # no network: an image's raw pixels, flattened, are its embedding
 DIGITS_TRAIN = 1297  # digits split: the first 1297 images train, the last 500 validate
@@ -98,12 +102,14 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     check_choice(config.engine, "engine", ENGINES)
     if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
         raise ValueError(f"ks={config.ks!r}: expected one or more positive integers")
+    _check_options(config)
     device = resolve_device(config.device)
     stages: dict[str, StageMeasure] = {}
-    loaded = config.embeddings is not None and Path(config.embeddings).is_file()
-    embedded = _load_embeddings(config) if loaded else _embed(config, device, stages)
+    loaded = config.embeddings is not None and _embeddings_exist(config.embeddings)
+    key = _embeddings_key(config) if config.embeddings is not None else None
+    embedded = _load_embeddings(config.embeddings, key) if loaded else _embed(config, device, stages)
     if config.embeddings is not None and not loaded:
-        _save_embeddings(config, embedded)
+        _save_embeddings(config.embeddings, embedded, key)
     k_max = max(config.ks)
     if k_max > len(embedded.train_vectors) - 1:
         raise ValueError(f"ks={config.ks}: expected k <= {len(embedded.train_vectors) - 1} (train size - 1)")
@@ -139,6 +145,41 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         versions={"embedsearch": __version__, "faiss": faiss.__version__, "torch": torch.__version__,
                   "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()},
     )
+
+
+# Options that only some data sets or models use: giving one elsewhere is refused, not ignored.
+_EMBEDDING_OPTIONS = ("weights", "precision", "batch_size", "workers")
+_SYNTHETIC_OPTIONS = ("n_train", "n_val", "d", "classes")
+
+
+def _check_options(config: ExperimentConfig) -> None:
+    """Refuse invalid values, a missing data set or weights file, and options this data set and model do not use."""
+    for name, low in (("batch_size", 1), ("workers", 0)):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
+    check_choice(config.precision, "precision", PRECISIONS)
+    if config.vote == "weighted":
+        check_positive_number(config.temperature, "temperature")
+    if config.dataset not in ("digits", "synthetic") and not Path(config.dataset).is_dir():
+        raise FileNotFoundError(
+            f"dataset={config.dataset!r}: no such folder; expected 'digits', 'synthetic', a Tiny ImageNet "
+            "folder, or a folder with train/<class>/ and val/<class>/ image trees"
+        )
+    if config.weights not in ("pretrained", "random") and not Path(config.weights).is_file():
+        raise FileNotFoundError(f"weights={config.weights!r}: expected 'pretrained', 'random' or an existing checkpoint file")
+    unused_groups = []  # (option names, why they do not apply)
+    if config.dataset == "synthetic":
+        unused_groups.append((("model", *_EMBEDDING_OPTIONS), "dataset='synthetic' is generated, without a model"))
+    elif config.model == PIXELS_MODEL:
+        unused_groups.append((_EMBEDDING_OPTIONS, f"model={PIXELS_MODEL!r} embeds raw pixels, without a network"))
+    if config.dataset != "synthetic":
+        unused_groups.append((_SYNTHETIC_OPTIONS, "they shape dataset='synthetic' only"))
+    defaults = ExperimentConfig()
+    for names, reason in unused_groups:
+        given = [f"{name}={getattr(config, name)!r}" for name in names if getattr(config, name) != getattr(defaults, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not used here ({reason}); leave {'them' if len(given) > 1 else 'it'} out")
 
 
 def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, StageMeasure]) -> _Embedded:
@@ -188,30 +229,85 @@ def _targets(dataset: Dataset) -> list[int]:
     return [int(dataset.targets[i]) for i in range(len(dataset))]
 
 
-def _embeddings_key(config: ExperimentConfig) -> str:
-    return json.dumps({"dataset": config.dataset, "model": config.model, "weights": str(config.weights),
-                       "precision": config.precision})
+EMBEDDING_ARRAYS = ("train_vectors", "train_labels", "val_vectors", "val_labels", "n_classes", "weights", "key")
 
 
-def _save_embeddings(config: ExperimentConfig, embedded: _Embedded) -> None:
-    path = Path(config.embeddings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, train_vectors=embedded.train_vectors, train_labels=embedded.train_labels,
-             val_vectors=embedded.val_vectors, val_labels=embedded.val_labels, n_classes=embedded.n_classes,
-             weights=embedded.weights, key=_embeddings_key(config))
-    partial.replace(path)  # atomic: an interrupted save leaves no half file under the real name
+def _embeddings_exist(path: str) -> bool:
+    """True when `path` holds saved embeddings to load; raises when it is a folder or cannot be written."""
+    if Path(path).is_file():
+        return True
+    check_writable(path, "embeddings")
+    return False
 
 
-def _load_embeddings(config: ExperimentConfig) -> _Embedded:
-    with np.load(config.embeddings) as stored:
-        if str(stored["key"]) != _embeddings_key(config):
-            raise ValueError(
-                f"embeddings={config.embeddings!r} were made for {stored['key']}, not {_embeddings_key(config)}"
-            )
-        return _Embedded(as_vectors(stored["train_vectors"], "stored train embeddings"), stored["train_labels"],
-                         as_vectors(stored["val_vectors"], "stored val embeddings"), stored["val_labels"],
-                         int(stored["n_classes"]), str(stored["weights"]))
+def _embeddings_key(config: ExperimentConfig) -> dict:
+    """Everything that produced the embeddings: data set (parameters, or its images' names, sizes and labels),
+    model, weights (a file's content hash) and precision."""
+    key: dict = {"dataset": config.dataset, "model": config.model, "weights": str(config.weights),
+                 "precision": config.precision}
+    if config.dataset == "synthetic":
+        key.update((name, getattr(config, name)) for name in _SYNTHETIC_OPTIONS)
+    elif config.dataset != "digits":
+        key["files"] = _images_fingerprint(config.dataset)
+    if config.weights not in ("pretrained", "random"):
+        key["weights_sha256"] = _file_sha256(Path(config.weights))
+    return key
+
+
+def _images_fingerprint(dataset: str) -> str:
+    """sha256 of every train and val image's path (relative to the data set's root), size in bytes and label."""
+    train, val, _ = _image_datasets(dataset, None)
+    entries = [f"{split}\t{Path(path).relative_to(dataset).as_posix()}\t{os.stat(path).st_size}\t{label}"
+               for split, images in (("train", train), ("val", val)) for path, label in images.samples]
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_embeddings(path: str, embedded: _Embedded, key: dict) -> None:
+    save_npz_atomically(path, {
+        "train_vectors": embedded.train_vectors, "train_labels": embedded.train_labels,
+        "val_vectors": embedded.val_vectors, "val_labels": embedded.val_labels, "n_classes": embedded.n_classes,
+        "weights": embedded.weights, "key": json.dumps(key, sort_keys=True)})
+
+
+def _load_embeddings(path: str, key: dict) -> _Embedded:
+    """The embeddings saved in `path`, refused unless they were made with the same `key`."""
+    expected = f"the .npz archive `embedsearch run --embeddings` writes, with arrays {', '.join(EMBEDDING_ARRAYS)}"
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if isinstance(stored, np.ndarray):
+            raise ValueError(f"it holds a single array of shape {stored.shape} (a .npy file)")
+        with stored:
+            arrays = {name: stored[name] for name in EMBEDDING_ARRAYS if name in stored.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"embeddings={path!r} could not be read ({error}): expected {expected}; "
+                         "delete it to embed again") from None
+    missing = [name for name in EMBEDDING_ARRAYS if name not in arrays]
+    if missing:
+        raise ValueError(f"embeddings={path!r} lacks {', '.join(missing)}: expected {expected}")
+    try:
+        stored_key = json.loads(str(arrays["key"]))
+    except json.JSONDecodeError:
+        stored_key = str(arrays["key"])
+    if stored_key != json.loads(json.dumps(key)):
+        differ = (sorted(name for name in set(stored_key) | set(key) if stored_key.get(name) != key.get(name))
+                  if isinstance(stored_key, dict) else ["key"])
+        raise ValueError(
+            f"embeddings={path!r} were made for {stored_key}, not {key} (they differ in {', '.join(differ)}); "
+            "pass another --embeddings file, or delete this one to embed again"
+        )
+    train_vectors = as_vectors(arrays["train_vectors"], f"train_vectors in {path}")
+    val_vectors = as_vectors(arrays["val_vectors"], f"val_vectors in {path}")
+    return _Embedded(train_vectors, as_labels(arrays["train_labels"], f"train_labels in {path}", len(train_vectors)),
+                     val_vectors, as_labels(arrays["val_labels"], f"val_labels in {path}", len(val_vectors)),
+                     int(arrays["n_classes"]), str(arrays["weights"]))
 
 
 def format_table(result: ExperimentResult) -> str:

@@ -19,6 +19,7 @@ from .validation import as_vectors, check_choice, check_k
 METRICS = ("l2", "ip")
 TORCH_SPEC = "TorchFlat"
 FAISS_GPU_MAX_K = 2048  # FAISS GPU indexes accept k and nprobe up to this value
+FAISS_MAX_INT = 2**31 - 1  # FAISS holds nprobe and efSearch in a C int
 _FAISS_METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
 
 
@@ -84,6 +85,9 @@ class FaissIndex(Index):
 
     def __init__(self, spec: str, d: int, metric: str, device: torch.device, sharded: bool = False):
         super().__init__(spec, d, metric, device)
+        for match in re.finditer(r"HNSW(\d+)", spec):
+            if int(match.group(1)) < 2:  # FAISS aborts (M=0) or crashes (M=1) on these
+                raise ValueError(f"index spec {spec!r}: HNSW{match.group(1)} has M={match.group(1)}, expected M >= 2")
         try:
             cpu_index = faiss.index_factory(d, spec, _FAISS_METRICS[metric])
         except RuntimeError as error:
@@ -94,7 +98,11 @@ class FaissIndex(Index):
             ) from None
         ivf = faiss.try_extract_index_ivf(cpu_index)
         self.nlist = ivf.nlist if ivf is not None else None
-        self.is_hnsw = isinstance(cpu_index, faiss.IndexHNSW)
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"index spec {spec!r} has nlist={self.nlist} lists: expected at least 1")
+        self.is_hnsw = _hnsw_level(cpu_index) is not None
+        # Training these (PQ, SQ, IVF, PCA...) changes how stored vectors are encoded or read.
+        self.needs_training = not cpu_index.is_trained
         if device.type == "cuda":
             self._index = _to_gpu(cpu_index, spec, device, sharded)
             self._parameter_space = faiss.GpuParameterSpace()
@@ -113,6 +121,11 @@ class FaissIndex(Index):
         return bool(self._index.is_trained)
 
     def train(self, vectors: np.ndarray) -> None:
+        if self.needs_training and self.ntotal > 0:
+            raise ValueError(
+                f"cannot train index {self.spec!r} holding {self.ntotal} vectors: retraining would make the "
+                "stored codes unreadable; call reset() first, then train and add again"
+            )
         vectors = as_vectors(vectors, "training vectors", self.d)
         if self.nlist is not None and vectors.shape[0] < self.nlist:
             raise ValueError(
@@ -155,12 +168,13 @@ class FaissIndex(Index):
         if nprobe is not None:
             if self.nlist is None:
                 raise ValueError(f"nprobe={nprobe}: index {self.spec!r} is not an IVF index")
-            _check_positive("nprobe", nprobe, self.nlist)
+            _check_positive("nprobe", nprobe,
+                            self.nlist if self.device.type == "cpu" else min(self.nlist, FAISS_GPU_MAX_K))
             self._parameter_space.set_index_parameter(self._index, "nprobe", int(nprobe))
         if efSearch is not None:
             if not self.is_hnsw:
                 raise ValueError(f"efSearch={efSearch}: index {self.spec!r} is not an HNSW index")
-            _check_positive("efSearch", efSearch, None)
+            _check_positive("efSearch", efSearch, FAISS_MAX_INT)
             self._parameter_space.set_index_parameter(self._index, "efSearch", int(efSearch))
 
     def __getstate__(self) -> dict:
@@ -311,6 +325,16 @@ def _to_gpu(cpu_index: faiss.Index, spec: str, device: torch.device, sharded: bo
         return gpu_index
     except RuntimeError as error:
         raise ValueError(f"index spec {spec!r} has no FAISS GPU implementation: {_first_line(error)}") from None
+
+
+def _hnsw_level(index: faiss.Index) -> faiss.IndexHNSW | None:
+    """The HNSW index whose efSearch FAISS's ParameterSpace sets in `index` (itself, transformed, refined, or an IVF quantizer)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, (faiss.IndexPreTransform, faiss.IndexRefine)):
+        index = faiss.downcast_index(index.base_index if isinstance(index, faiss.IndexRefine) else index.index)
+    if isinstance(index, faiss.IndexIVF):
+        index = faiss.downcast_index(index.quantizer)
+    return index if isinstance(index, faiss.IndexHNSW) else None
 
 
 def _check_positive(name: str, value: object, upper: int | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .index import Index
-from .validation import as_labels, as_vectors, check_choice, check_k
+from .validation import as_labels, as_vectors, check_choice, check_k, check_positive_number
 
 VOTES = ("majority", "weighted")
 DEFAULT_TEMPERATURE = 0.07  # DINO's eval_knn.py default
@@ -19,12 +19,17 @@ def similarities(distances: np.ndarray, metric: str) -> np.ndarray:
 
 def class_scores(neighbor_ids: np.ndarray, neighbor_similarities: np.ndarray, train_labels: np.ndarray,
                  n_classes: int, vote: str = "majority", temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
-    """Return (nq, n_classes) vote totals: 1 per neighbour (majority) or exp(sim / T) (DINO weighted).
+    """Return (nq, n_classes) class scores: majority, the count of neighbours; weighted, the log of
+    DINO's vote total sum(exp(sim / T)), -inf for a class without a neighbour.
 
-    Ids of -1 (no neighbour found by an approximate index) cast no vote.
+    The weighted vote is summed in the log domain (logaddexp), so it is exact however large sim / T
+    is: exp(sim / T) overflows float64 beyond sim / T = 709. Ids of -1 (no neighbour found by an
+    approximate index) cast no vote.
     """
     check_choice(vote, "vote", VOTES)
     neighbor_ids = np.asarray(neighbor_ids)
+    if not np.issubdtype(neighbor_ids.dtype, np.integer):
+        raise TypeError(f"neighbor_ids: expected integer ids (-1 for no neighbour), got dtype {neighbor_ids.dtype}")
     if neighbor_ids.ndim != 2 or np.shape(neighbor_similarities) != neighbor_ids.shape:
         raise ValueError(
             f"neighbor_ids {neighbor_ids.shape} and neighbor_similarities {np.shape(neighbor_similarities)}: "
@@ -39,14 +44,20 @@ def class_scores(neighbor_ids: np.ndarray, neighbor_similarities: np.ndarray, tr
         raise ValueError(
             f"neighbor_ids: id {neighbor_ids.max()} is out of range for {len(train_labels)} train labels"
         )
-    if vote == "weighted" and not temperature > 0:
-        raise ValueError(f"temperature={temperature!r}: expected a number > 0")
+    if neighbor_ids.size and neighbor_ids.min() < -1:
+        raise ValueError(f"neighbor_ids: id {neighbor_ids.min()} is below -1; expected ids >= 0, or -1 for no neighbour")
+    if vote == "weighted":
+        temperature = check_positive_number(temperature, "temperature")
     found = neighbor_ids >= 0
-    weights = (np.ones(neighbor_ids.shape) if vote == "majority"
-               else np.exp(np.asarray(neighbor_similarities, dtype=np.float64) / temperature))
-    scores = np.zeros((neighbor_ids.shape[0], n_classes))
     rows = np.broadcast_to(np.arange(neighbor_ids.shape[0])[:, None], neighbor_ids.shape)
-    np.add.at(scores, (rows[found], train_labels[neighbor_ids[found]]), weights[found])
+    voters = (rows[found], train_labels[neighbor_ids[found]])
+    if vote == "majority":
+        scores = np.zeros((neighbor_ids.shape[0], n_classes))
+        np.add.at(scores, voters, 1.0)
+    else:
+        scores = np.full((neighbor_ids.shape[0], n_classes), -np.inf)
+        log_weights = np.asarray(neighbor_similarities, dtype=np.float64) / temperature
+        np.logaddexp.at(scores, voters, log_weights[found])
     return scores
 
 
