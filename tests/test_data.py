@@ -76,5 +76,6 @@ def test_digits_arrays_and_images_agree():
     images = DigitsImages(indices=np.array([5, 7]))
     image, label = images[1]
     assert image.mode == "RGB" and image.size == (8, 8) and label == labels[7]
+    assert images.targets.tolist() == [labels[5], labels[7]]  # the experiment reads val labels from here
     expected = np.round(pixels[7].reshape(8, 8) * 255 / 16).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(image)[:, :, 0], expected)
