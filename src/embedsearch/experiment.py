@@ -51,6 +51,7 @@ class ExperimentConfig:
     batch_size: int = 64
     workers: int = 0
     precision: str = "fp32"
+    image_size: int | None = None  # square input side in pixels; None: the model's own (224 for most)
     embeddings: str | None = None  # .npz file: loaded when present, else written after embedding
     n_train: int = 100_000  # synthetic data shape (the study's Tiny ImageNet: 100k / 10k, 200 classes, 384-d)
     n_val: int = 10_000
@@ -145,6 +146,10 @@ def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, Sta
         return _Embedded(np.ascontiguousarray(vectors[:DIGITS_TRAIN]), labels[:DIGITS_TRAIN],
                          np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10, "none (pixels)")
     model = load_model(config.model, config.weights, str(device))
+    if config.image_size is not None:
+        if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) or config.image_size < 16:
+            raise ValueError(f"image_size={config.image_size!r}: expected an integer >= 16 (pixels)")
+        model.data_config = {**model.data_config, "input_size": (3, config.image_size, config.image_size)}
     train_set, val_set, n_classes = _image_datasets(config.dataset, model.transform())
     embedded = []
     for name, dataset in (("embed_train", train_set), ("embed_val", val_set)):
@@ -181,7 +186,8 @@ def _targets(dataset: Dataset) -> list[int]:
 
 def _embeddings_key(config: ExperimentConfig) -> str:
     return json.dumps({"dataset": config.dataset, "model": config.model, "weights": str(config.weights),
-                       "precision": config.precision})
+                       "precision": config.precision,
+                       **({"image_size": config.image_size} if config.image_size is not None else {})})
 
 
 def _save_embeddings(config: ExperimentConfig, embedded: _Embedded) -> None:

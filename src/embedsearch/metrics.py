@@ -127,3 +127,16 @@ def dataset_difficulty(database: np.ndarray, queries: np.ndarray, sample_queries
     contrast = relative_contrast(nearest, mean)
     figures["rc"] = float(np.mean(contrast[np.isfinite(contrast)]))
     return figures
+
+
+def single_query_latency(search, queries: np.ndarray, k: int) -> dict[str, float]:
+    """Return p50/p95/p99 seconds of searching each query alone (ann-benchmarks' single-query mode).
+
+    `search(queries, k)` is called once per row, in order, timed with perf_counter; the
+    percentiles are NumPy's linear interpolation over those per-query times.
+    """
+    if len(queries) == 0:
+        raise ValueError("queries: expected at least one query to time")
+    seconds = np.array([_timed(lambda row=row: search(queries[row:row + 1], k)) for row in range(len(queries))])
+    p50, p95, p99 = np.percentile(seconds, [50, 95, 99])
+    return {"latency_p50_s": float(p50), "latency_p95_s": float(p95), "latency_p99_s": float(p99)}

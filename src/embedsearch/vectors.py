@@ -198,7 +198,7 @@ class VectorDataset:
     @property
     def label(self) -> str:
         """File name and content hash: how benchmark ids and records name this data set."""
-        return f"{self.name}#{self.content_hash}"
+        return f"{self.name}-{self.content_hash}"
 
     def get_database(self) -> np.ndarray:
         """All database vectors as float32 C-contiguous (normalised when angular), converted once."""
@@ -265,7 +265,7 @@ class VectorDataset:
     def record(self) -> dict:
         """What a benchmark record says of this data set."""
         return {"dataset": self.name, "dataset_hash": self.content_hash, "dataset_n": self.n, "dataset_d": self.d,
-                "metric": self.metric, "normalized": self.normalize, "query_source": self.query_source,
+                "normalized": self.normalize, "query_source": self.query_source,
                 "truth_source": self.truth_source or "computed: exact FAISS Flat search"}
 
 
