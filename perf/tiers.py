@@ -73,7 +73,7 @@ class Tier:
     brute_force: list[SearchCase]
     knn: list[KnnCase]
     leave_one_out: list[KnnCase]
-    end_to_end: list[dict] = field(default_factory=list)  # digits through a timm model: model, k
+    end_to_end: list[dict] = field(default_factory=list)  # digits through a pretrained model: model, image_size, k, rounds
     scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
 
 
@@ -124,7 +124,7 @@ TIERS: dict[str, Tier] = {
         brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((5_000, 500, 64, 20), [10]),
         leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted")],
-        end_to_end=[dict(model="test_vit", k=10)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=32, k=10, rounds=1)],
         scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
     ),
     "default": Tier(
@@ -135,7 +135,7 @@ TIERS: dict[str, Tier] = {
         brute_force=[SearchCase(IndexCase(spec, 100_000, 384), 10, 1000) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((20_000, 2_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted")],
-        end_to_end=[dict(model="test_vit", k=10)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=64, k=10, rounds=1)],
         scaling=scaling_grid([12_500, 25_000, 50_000, 100_000], 128, nq=1000, nlist=256, nprobe=16),
     ),
     "full": Tier(
@@ -149,7 +149,7 @@ TIERS: dict[str, Tier] = {
                      for n in (100_000, 1_281_167) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((100_000, 10_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted")],
-        end_to_end=[dict(model="vit_small_patch16_224.dino", k=20)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=None, k=20, rounds=3)],
         scaling=scaling_grid([160_000, 320_000, 640_000, 1_281_167], 384, nq=10_000, nlist=4096, nprobe=64),
     ),
 }

@@ -100,3 +100,10 @@ def test_study_comparison_names_known_datasets_only():
     assert "4689" in format_study_comparison(result, "imagenet")
     with pytest.raises(ValueError, match="published figures exist for \\['imagenet'\\]"):
         format_study_comparison(result, "cifar")
+
+
+def test_image_size_is_validated_before_anything_runs(tmp_path):
+    config = ExperimentConfig(dataset="digits", model="test_vit", weights="random", device="cpu", ks=(5,),
+                              image_size=8)
+    with pytest.raises(ValueError, match="image_size=8: expected an integer >= 16"):
+        run_experiment(config)

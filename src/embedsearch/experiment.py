@@ -94,6 +94,9 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     check_choice(config.vote, "vote", VOTES)
     if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
         raise ValueError(f"ks={config.ks!r}: expected one or more positive integers")
+    if config.image_size is not None and (isinstance(config.image_size, bool) or not isinstance(config.image_size, int)
+                                          or config.image_size < 16):
+        raise ValueError(f"image_size={config.image_size!r}: expected an integer >= 16 (pixels) or None")
     device = resolve_device(config.device)
     stages: dict[str, StageMeasure] = {}
     loaded = config.embeddings is not None and Path(config.embeddings).is_file()
@@ -147,8 +150,6 @@ def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, Sta
                          np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10, "none (pixels)")
     model = load_model(config.model, config.weights, str(device))
     if config.image_size is not None:
-        if isinstance(config.image_size, bool) or not isinstance(config.image_size, int) or config.image_size < 16:
-            raise ValueError(f"image_size={config.image_size!r}: expected an integer >= 16 (pixels)")
         model.data_config = {**model.data_config, "input_size": (3, config.image_size, config.image_size)}
     train_set, val_set, n_classes = _image_datasets(config.dataset, model.transform())
     embedded = []
