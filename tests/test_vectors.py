@@ -220,7 +220,7 @@ def run_suite(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_perf_suite_runs_on_an_ann_benchmarks_file():
-    completed = run_suite("--perf-data", str(FIXTURES / "tiny-angular.hdf5"), "-k", "tiny-angular", "-rA")
+    completed = run_suite(f"--perf-data={FIXTURES / 'tiny-angular.hdf5'}", "-k", "tiny-angular", "-rA")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     label = open_dataset(FIXTURES / "tiny-angular.hdf5").label  # file name and content hash in every id
     passed = [line for line in completed.stdout.splitlines() if label in line and "PASSED" in line]
@@ -231,6 +231,6 @@ def test_perf_suite_runs_on_an_ann_benchmarks_file():
 def test_bad_perf_data_is_a_usage_error(tmp_path):
     path = tmp_path / "bad.fbin"
     path.write_bytes((FIXTURES / "tiny.fbin").read_bytes()[:100])
-    completed = run_suite("--perf-data", str(path), "--collect-only")
+    completed = run_suite(f"--perf-data={path}", "--collect-only")
     assert completed.returncode == 4
     assert f"--perf-data={path}: {path}: truncated" in completed.stderr
