@@ -35,6 +35,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perf-markdown", default=None, metavar="FILE",
                     help="also write the figures summary of a timed run to FILE as Markdown "
                          "(it is appended to $GITHUB_STEP_SUMMARY whenever that is set)")
+    group.addoption("--perf-data", action="append", default=[], metavar="PATH",
+                    help="also run the search, build, brute-force, scaling and kNN benchmarks on this vector file "
+                         "(ann-benchmarks .hdf5, .fvecs/.bvecs, .fbin/.u8bin/.i8bin, .npy/.npz, embedsearch run "
+                         "--embeddings); repeatable")
     group.addoption("--perf-gate", default=None, metavar="BASELINE",
                     help="after the run, gate it against BASELINE (a saved run file, or the newest in a folder): "
                          "suspect timings are rerun once, and a confirmed regression fails the session")
@@ -48,6 +52,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if unknown or not devices:
         raise pytest.UsageError(f"--perf-device={config.getoption('perf_device')!r}: expected a comma list from {DEVICES}")
     config.option.perf_devices = devices  # parsed once, for perf/conftest.py
+    config.option.perf_datasets = {}  # --perf-data files opened once (header and size checked), by label
+    for path in config.getoption("perf_data"):
+        from embedsearch.vectors import open_dataset
+
+        try:
+            dataset = open_dataset(path)
+        except (ValueError, FileNotFoundError, ImportError) as error:
+            raise pytest.UsageError(f"--perf-data={path}: {error}") from None
+        config.option.perf_datasets[dataset.label] = dataset
     if config.getoption("perf_threads") < 1:
         raise pytest.UsageError(f"--perf-threads={config.getoption('perf_threads')}: expected a positive integer")
     # The suite saves runs itself (perf/conftest.py: atomic, numbered, rounds included), so

@@ -26,14 +26,14 @@ def test_build_train(benchmark, train_case, device, data, threads, pytestconfig)
         synchronize(resolve_device(device))
         return index
 
-    benchmark.group = f"build-train n={train_case.n} d={train_case.d} {device}"
+    benchmark.group = f"build-train n={train_case.n} d={train_case.d} {train_case.data} {device}"
     index = benchmark.pedantic(train, setup=fresh_index, rounds=rounds_for(train_case.n))
     assert index.is_trained
     memory_pass(benchmark, pytestconfig, lambda: train(fresh_index()[0][0]), device,
                 model_bytes=host_model_bytes(train_case, "train", device))
     seconds = median_seconds(benchmark)
     record(benchmark, threads, stage="train", spec=train_case.spec, n=train_case.n, d=train_case.d,
-           metric=train_case.metric, device=device, dtype="float32",
+           metric=train_case.metric, device=device, dtype="float32", **data.dataset_record(train_case),
            **({"vectors_per_s": train_case.n / seconds} if seconds else {}))
 
 
@@ -51,7 +51,7 @@ def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
         index.add(database)
         synchronize(resolve_device(device))
 
-    benchmark.group = f"build-add n={build_case.n} d={build_case.d} {device}"
+    benchmark.group = f"build-add n={build_case.n} d={build_case.d} {build_case.data} {device}"
     benchmark.pedantic(add, setup=emptied, rounds=rounds_for(build_case.n))
     assert index.ntotal == build_case.n
     index_bytes = index.nbytes()
@@ -61,5 +61,6 @@ def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
     theory = theoretical_index_bytes(build_case.spec, build_case.n, build_case.d)
     record(benchmark, threads, stage="add", spec=build_case.spec, n=build_case.n, d=build_case.d,
            metric=build_case.metric, device=device, dtype="float32", index_bytes=index_bytes,
+           **data.dataset_record(build_case),
            **({"theory_bytes": theory, "bytes_vs_theory": index_bytes / theory} if theory else {}),
            **({"vectors_per_s": build_case.n / seconds} if seconds else {}))

@@ -5,6 +5,7 @@ import numpy as np
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
 from harness import median_seconds, memory_pass, record
+from tiers import IndexCase
 
 NEIGHBORS_DEPTH = 100  # val neighbours are searched once at this depth; each case uses the first k
 # Least top-1 accuracy of every vote on the suite's clustered data, so a broken vote fails the untimed
@@ -14,15 +15,16 @@ TOP1_FLOOR = 0.25
 
 
 def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
-    split = data.split(knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes)
-    shape = (knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes)
+    split = data.split(knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes, data=knn_case.data)
+    shape = (knn_case.n_train, knn_case.n_val, knn_case.d, knn_case.n_classes, knn_case.data)
     neighbor_similarities, neighbor_ids = data.val_neighbors(shape, split, NEIGHBORS_DEPTH)
     sims, ids = neighbor_similarities[:, :knn_case.k], neighbor_ids[:, :knn_case.k]
 
     def classify():
         return class_scores(ids, sims, split.train_labels, split.n_classes, knn_case.vote)
 
-    benchmark.group = f"knn n={knn_case.n_train} val={knn_case.n_val} d={knn_case.d} classes={knn_case.n_classes}"
+    benchmark.group = (f"knn n={knn_case.n_train} val={knn_case.n_val} d={knn_case.d} classes={knn_case.n_classes} "
+                       f"{knn_case.data}")
     scores = benchmark(classify)
     accuracy = topk_accuracy(scores, split.val_labels)
     assert accuracy[1] >= TOP1_FLOOR, f"{knn_case.id}: top-1 {accuracy[1]:.4f} is below its floor {TOP1_FLOOR}"
@@ -30,6 +32,7 @@ def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
     seconds = median_seconds(benchmark)
     record(benchmark, threads, n=knn_case.n_train, nq=knn_case.n_val, d=knn_case.d, classes=knn_case.n_classes,
            k=knn_case.k, vote=knn_case.vote, top1=accuracy[1], top5=accuracy[5],
+           **data.dataset_record(IndexCase("Flat", knn_case.n_train, knn_case.d, "ip", knn_case.data)),
            **({"queries_per_s": knn_case.n_val / seconds} if seconds else {}))
 
 

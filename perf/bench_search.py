@@ -4,7 +4,7 @@ import numpy as np
 
 from embedsearch.index import TORCH_SPEC
 from embedsearch.memory import exact_search_model_bytes
-from embedsearch.metrics import exact_search_gflops, recall_at_k
+from embedsearch.metrics import exact_search_gflops, recall_at_k, single_query_latency
 from harness import median_seconds, memory_pass, record
 from tiers import approximate_specs
 
@@ -14,6 +14,7 @@ EXACT_SPECS = ("Flat", TORCH_SPEC)
 # 0.66 (smoke) and 0.51-0.65 (default); HNSW32 1.00 and 0.79-0.91; 4-bit fast-scan IVF,PQ 0.12 and
 # 0.04-0.16, against 0.002 (smoke) and 0.00005-0.005 (default) for ids drawn at random.
 RECALL_FLOORS = {"IVF,Flat": 0.40, "HNSW": 0.70, "IVF,PQ": 0.03}
+LATENCY_QUERIES = 200  # one-query searches timed per case (with --benchmark) for p50/p95/p99
 
 
 def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str, config) -> None:
@@ -22,14 +23,14 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     index.set_search_params(**dict(case.params))
     _, queries = data.search_data(case.index, case.nq)
     benchmark.group = (f"{group_prefix} n={case.index.n} d={case.index.d} k={case.k} nq={case.nq} "
-                       f"{case.index.metric} {device}")
+                       f"{case.index.metric} {case.index.data} {device}")
     index.search(queries, case.k)  # warm-up: thread pools, BLAS buffers, caches
     distances, ids = benchmark(index.search, queries, case.k)
     truth_distances, truth_ids = data.ground_truth(case.index, case.nq)
     recall = recall_at_k(ids, truth_ids[:, :case.k])
     exact = case.index.spec in EXACT_SPECS
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
-        np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)
+        np.testing.assert_allclose(distances, truth_distances[:, :case.k], rtol=1e-5, atol=1e-4)
     elif (floor := recall_floor(case)) is not None:
         assert recall >= floor, f"{case.id}: recall@{case.k} {recall:.4f} is below its floor {floor}"
     memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
@@ -38,11 +39,12 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     figures = {}
     if seconds:
         figures["queries_per_s"] = case.nq / seconds
+        figures.update(single_query_latency(index.search, queries[:LATENCY_QUERIES], case.k))
         if exact:
             figures["gflops"] = exact_search_gflops(case.index.n, case.index.d, case.nq, seconds)
     record(benchmark, threads, spec=case.index.spec, n=case.index.n, d=case.index.d, k=case.k, nq=case.nq,
            metric=case.index.metric, device=device, dtype="float32", params=dict(case.params),
-           recall=recall, index_bytes=index.nbytes(), **figures)
+           recall=recall, index_bytes=index.nbytes(), **data.dataset_record(case.index), **figures)
 
 
 def recall_floor(case) -> float | None:

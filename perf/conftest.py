@@ -16,9 +16,10 @@ from embedsearch.gate import gate, rerun_suite
 from embedsearch.stats import scaling_exponents
 from embedsearch.storage import Run, save_run
 from embedsearch.index import create_index
+from embedsearch.vectors import VectorDataset
 from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
 from summary import print_summary, write_markdown_summary
-from tiers import TIERS, Tier
+from tiers import TIERS, Tier, file_grid
 
 CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "embed_case": "embed", "build_case": "build", "train_case": "build", "search_case": "search",
@@ -35,11 +36,21 @@ def tier_name(config: pytest.Config) -> str:
     return config.getoption("perf_tier") or ("default" if config.getoption("benchmark") else "smoke")
 
 
+def data_files(config: pytest.Config) -> dict[str, VectorDataset]:
+    """The --perf-data data sets by label (opened by the root conftest.py), their computed ground truth cached in CACHE."""
+    files = config.getoption("perf_datasets")
+    for dataset in files.values():
+        dataset.cache_dir = CACHE
+    return files
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     tier: Tier = TIERS[tier_name(metafunc.config)]
+    file_grids = [file_grid(tier_name(metafunc.config), label, dataset.n, dataset.d, dataset.nq, dataset.metric,
+                            dataset.n_classes) for label, dataset in data_files(metafunc.config).items()]
     for fixture, attribute in CASE_FIXTURES.items():
         if fixture in metafunc.fixturenames:
-            cases = getattr(tier, attribute)
+            cases = getattr(tier, attribute) + [case for grid in file_grids for case in grid.get(attribute, [])]
             if fixture == "train_case":
                 cases = [case for case in cases if not create_index(case.spec, case.d).is_trained]
             ids = [case.id if hasattr(case, "id") else "-".join(f"{key}{value}" for key, value in case.items())
@@ -76,8 +87,8 @@ def benchmark(benchmark, request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
-def data() -> DataCache:
-    return DataCache(CACHE)
+def data(pytestconfig: pytest.Config) -> DataCache:
+    return DataCache(CACHE, data_files(pytestconfig))
 
 
 @pytest.fixture(scope="session")

@@ -18,16 +18,22 @@ class EmbedCase:
 
 @dataclass(frozen=True)
 class IndexCase:
-    """An index over the first n train vectors of a clustered data set of dimension d."""
+    """An index over the first n database vectors of data set `data`, of dimension d.
+
+    `data` is a synthetic preset ("embedding", "hard": embedsearch.data.SYNTHETIC_PRESETS) or a
+    --perf-data file's label (file name and content hash); it is part of the id, so runs on
+    different data never share a benchmark id (the gate and history compare by id).
+    """
 
     spec: str
     n: int
     d: int
     metric: str = "ip"
+    data: str = "embedding"
 
     @property
     def id(self) -> str:
-        return f"{self.spec}-n{self.n}-d{self.d}-{self.metric}"
+        return f"{self.spec}-n{self.n}-d{self.d}-{self.metric}-{self.data}"
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,12 @@ class KnnCase:
     n_classes: int
     k: int
     vote: str
+    data: str = "hard"  # the clustered mixture (its labels are the classes), or a --perf-data file's label
 
     @property
     def id(self) -> str:
-        return f"n{self.n_train}-v{self.n_val}-d{self.d}-c{self.n_classes}-k{self.k}-{self.vote}"
+        suffix = "" if self.data == "hard" else f"-{self.data}"
+        return f"n{self.n_train}-v{self.n_val}-d{self.d}-c{self.n_classes}-k{self.k}-{self.vote}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class Tier:
     brute_force: list[SearchCase]
     knn: list[KnnCase]
     leave_one_out: list[KnnCase]
-    end_to_end: list[dict] = field(default_factory=list)  # digits through a timm model: model, k
+    end_to_end: list[dict] = field(default_factory=list)  # digits through a pretrained model: model, image_size, k, rounds
     scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
     distributed_search: list[DistributedSearchCase] = field(default_factory=list)
     distributed_embed: list[DistributedEmbedCase] = field(default_factory=list)
@@ -112,26 +120,29 @@ def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
     }
 
 
-def search_grid(sizes: list[tuple[int, int]], ks: list[int], nq: int) -> list[SearchCase]:
+def search_grid(sizes: list[tuple[int, int]], ks: list[int], nq: int, data: str = "embedding",
+                metric: str = "ip", specs=approximate_specs) -> list[SearchCase]:
     """Exact and approximate search cases over (n, d) sizes and k, every parameter of each sweep."""
     cases = []
     for n, d in sizes:
         for k in ks:
             for spec in ("Flat", "TorchFlat"):
-                cases.append(SearchCase(IndexCase(spec, n, d), k, nq))
-            for spec, (param, values) in approximate_specs(n, d).items():
-                cases += [SearchCase(IndexCase(spec, n, d), k, nq, ((param, value),)) for value in values]
+                cases.append(SearchCase(IndexCase(spec, n, d, metric, data), k, nq))
+            for spec, (param, values) in specs(n, d).items():
+                cases += [SearchCase(IndexCase(spec, n, d, metric, data), k, nq, ((param, value),)) for value in values]
     return cases
 
 
-def build_grid(sizes: list[tuple[int, int]]) -> list[IndexCase]:
-    return [IndexCase(spec, n, d) for n, d in sizes for spec in ("Flat", "TorchFlat", *approximate_specs(n, d))]
+def build_grid(sizes: list[tuple[int, int]], data: str = "embedding", metric: str = "ip",
+               specs=approximate_specs) -> list[IndexCase]:
+    return [IndexCase(spec, n, d, metric, data) for n, d in sizes for spec in ("Flat", "TorchFlat", *specs(n, d))]
 
 
-def scaling_grid(sizes: list[int], d: int, nq: int, nlist: int, nprobe: int) -> list[SearchCase]:
-    """Exact and IVF search at each n, everything else fixed, to fit the exponent of time vs n."""
-    specs = (("Flat", ()), ("TorchFlat", ()), (f"IVF{nlist},Flat", (("nprobe", nprobe),)))
-    return [SearchCase(IndexCase(spec, n, d), 10, nq, params) for spec, params in specs for n in sizes]
+def scaling_grid(sizes: list[int], d: int, nq: int, nlist: int | None, nprobe: int = 0, data: str = "embedding",
+                 metric: str = "ip") -> list[SearchCase]:
+    """Exact and (unless nlist is None) IVF search at each n, everything else fixed: the exponent of time vs n."""
+    specs = (("Flat", ()), ("TorchFlat", ()), *(((f"IVF{nlist},Flat", (("nprobe", nprobe),)),) if nlist else ()))
+    return [SearchCase(IndexCase(spec, n, d, metric, data), 10, nq, params) for spec, params in specs for n in sizes]
 
 
 def distributed_grid(n: int, d: int, nq: int, workers: list[int]) -> list[DistributedSearchCase]:
@@ -153,7 +164,7 @@ TIERS: dict[str, Tier] = {
         brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((5_000, 500, 64, 20), [10]),
         leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted")],
-        end_to_end=[dict(model="test_vit", k=10)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=32, k=10, rounds=1)],
         scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
         distributed_search=distributed_grid(5_000, 64, nq=200, workers=[1, 2]),
         distributed_embed=[DistributedEmbedCase("test_vit", 16, workers) for workers in (1, 2)],
@@ -161,12 +172,12 @@ TIERS: dict[str, Tier] = {
     "default": Tier(
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32)],
         build=build_grid([(20_000, 384)]) + [IndexCase("Flat", 100_000, 384), IndexCase("TorchFlat", 100_000, 384)],
-        search=search_grid([(20_000, 384)], [1, 10, 100], nq=1000)
+        search=search_grid([(20_000, 384)], [1, 10, 100], nq=1000) + search_grid([(20_000, 384)], [10], 1000, "hard")
         + [SearchCase(IndexCase("Flat", n, d), 10, 1000) for n, d in ((20_000, 128), (20_000, 768), (100_000, 384))],
         brute_force=[SearchCase(IndexCase(spec, 100_000, 384), 10, 1000) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((20_000, 2_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted")],
-        end_to_end=[dict(model="test_vit", k=10)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=64, k=10, rounds=1)],
         scaling=scaling_grid([12_500, 25_000, 50_000, 100_000], 128, nq=1000, nlist=256, nprobe=16),
         distributed_search=distributed_grid(100_000, 384, nq=1000, workers=[1, 2]),
         distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 64, workers) for workers in (1, 2)],
@@ -182,10 +193,54 @@ TIERS: dict[str, Tier] = {
                      for n in (100_000, 1_281_167) for spec in ("Flat", "TorchFlat")],
         knn=knn_grid((100_000, 10_000, 384, 200), [1, 10, 20, 100]),
         leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted")],
-        end_to_end=[dict(model="vit_small_patch16_224.dino", k=20)],
+        end_to_end=[dict(model="efficientnet_lite0", image_size=None, k=20, rounds=3)],
         scaling=scaling_grid([160_000, 320_000, 640_000, 1_281_167], 384, nq=10_000, nlist=4096, nprobe=64),
         distributed_search=distributed_grid(1_281_167, 384, nq=10_000, workers=[1, 2, 4, 8]),
         distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 512, workers, 64)
                            for workers in (1, 2, 4, 8)],
     ),
 }
+
+
+FILE_MAX_N = {"smoke": 10_000, "default": 1_000_000, "full": None}  # database rows a --perf-data file may use
+FILE_SCALING_MIN_N = 1_000
+
+
+def file_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
+    """approximate_specs(n, d), less IVF when n < 39 vectors per list (FAISS's advice) and PQ{d/8} when 8 does not divide d."""
+    specs = {}
+    for spec, sweep in approximate_specs(n, d).items():
+        nlist = int(spec[3:spec.index(",")]) if spec.startswith("IVF") else 0
+        if n >= 39 * nlist and ("PQ" not in spec or d % 8 == 0):
+            specs[spec] = sweep
+    return specs
+
+
+def file_grid(tier_name: str, label: str, n: int, d: int, nq: int, metric: str,
+              n_classes: int | None) -> dict[str, list]:
+    """The cases a --perf-data file adds to a tier, by this rule:
+
+    - database: the file's first min(n, FILE_MAX_N[tier]) vectors; queries: its first
+      min(nq, the tier's search nq) queries;
+    - search and build: Flat, TorchFlat and the tier's approximate specs sized for that n
+      (`file_specs`), at each of the tier's search k up to n;
+    - brute force: Flat and TorchFlat, k=10;
+    - scaling: Flat and TorchFlat at n/8, n/4, n/2, n, when n/8 >= FILE_SCALING_MIN_N;
+    - kNN: the tier's vote x k cases, only for files with labels (embedsearch run --embeddings).
+    """
+    tier = TIERS[tier_name]
+    cap = FILE_MAX_N[tier_name]
+    n = n if cap is None else min(n, cap)
+    nq = min(nq, tier.search[0].nq)
+    ks = sorted({case.k for case in tier.search if case.k <= n})
+    grid = {
+        "search": search_grid([(n, d)], ks, nq, label, metric, file_specs),
+        "build": build_grid([(n, d)], label, metric, file_specs),
+        "brute_force": [SearchCase(IndexCase(spec, n, d, metric, label), min(10, n), nq) for spec in ("Flat", "TorchFlat")],
+        "scaling": scaling_grid([n // 8, n // 4, n // 2, n], d, nq, None, data=label, metric=metric)
+        if n // 8 >= FILE_SCALING_MIN_N else [],
+        "knn": [],
+    }
+    if n_classes is not None:
+        grid["knn"] = [KnnCase(n, nq, d, n_classes, case.k, case.vote, label) for case in tier.knn if case.k <= n]
+    return grid

