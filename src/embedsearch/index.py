@@ -509,8 +509,14 @@ class TorchFlatBf16Index(TorchFlatIndex):
             found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])[order]
         counts = torch.bincount(found_rows, minlength=rows)
         width = min(int(counts.max()) if len(found_rows) else 0, capacity + 1)
+        if len(found_rows) and int(counts.max()) > width:
+            # Rows with more than capacity + 1 survivors keep their best capacity + 1: what they drop
+            # is below what they keep, so if it could reach θ the merge sees the overflow and fails them.
+            order = found_values.float().argsort(descending=True, stable=True)
+            order = order[found_rows[order].argsort(stable=True)]
+            found_rows, found_columns, found_values = found_rows[order], found_columns[order], found_values[order]
         positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
-        fits = positions < width  # a row with more than capacity + 1 fails when merged: keep its first ones
+        fits = positions < width
         new_scores = torch.full((rows, width), -math.inf, device=self.device)
         new_ids = torch.zeros((rows, width), dtype=torch.int64, device=self.device)
         new_scores[found_rows[fits], positions[fits]] = found_values[fits].float()
