@@ -326,7 +326,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def candidate_capacity(self, k: int) -> int:
         """Candidates a query may keep (k plus room for near-ties); more and it falls back to float32."""
-        return min(self.ntotal, 2 * k + 32)
+        return min(self.ntotal, 3 * k + 32)
 
     def score_buffer_shape(self, nq: int) -> tuple[int, int]:
         rows, columns = super().score_buffer_shape(nq)
@@ -451,12 +451,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
             block = self._scored[x_start:x_start + self.database_block]
             scores = buffer[:rows * len(block)].view(rows, len(block))
             torch.mm(scored_queries, block.T, out=scores)
-            if theta is None and len(block) >= k * self.CHUNK:
-                # First threshold: k chunks hold a value at least their k-th largest chunk maximum.
-                # (The int16 maximum of a chunk is one of its values, so this holds for it too.)
-                chunk_max = self._chunks(scores).view(torch.int16).amax(dim=2).view(torch.bfloat16)
-                theta = self._threshold(chunk_max.float().topk(k, dim=1).values[:, -1], bound, slack)
-            if theta is None:  # fewer than k chunks: take the block's best capacity + 1 directly
+            if theta is None:  # no threshold yet: take the block's best capacity + 1 directly
                 new_scores, new_ids = scores.topk(min(capacity + 1, len(block)), dim=1)
                 new_scores = new_scores.float()
             else:
@@ -484,19 +479,31 @@ class TorchFlatBf16Index(TorchFlatIndex):
         rows, width = scores.shape
         chunks = self._chunks(scores)
         full = chunks.shape[1] * self.CHUNK
-        # For θ >= 0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
-        # max over int16 bits is several times faster than over bf16. Rows with θ < 0 check every
-        # chunk; rows that failed check none.
+        # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
+        # max over int16 bits is several times faster than over bf16. Rows with θ's sign bit set
+        # take the bf16 max; rows that failed check nothing.
         theta_bits = theta.view(torch.int16).clone()
-        theta_bits[theta < 0] = torch.iinfo(torch.int16).min
         theta_bits[failed] = torch.iinfo(torch.int16).max
-        chunk_max = chunks.view(torch.int16).amax(dim=2)
-        hit_rows, hit_chunks = (chunk_max >= theta_bits[:, None]).nonzero(as_tuple=True)
+        hits = chunks.view(torch.int16).amax(dim=2) >= theta_bits[:, None]
+        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
+        if len(negative):
+            hits[negative] = chunks[negative].amax(dim=2) >= theta[negative, None]
+        # More than capacity + 1 chunks reaching θ hold more candidates than fit: no certificate.
+        # Failing them here also bounds the work and memory of the element-wise pass.
+        failed |= hits.sum(dim=1) > capacity + 1
+        hits &= ~failed[:, None]
+        hit_rows, hit_chunks = hits.nonzero(as_tuple=True)
         if full == width:  # contiguous: one index_select gathers the chunks that reach θ
             values = chunks.reshape(-1, self.CHUNK).index_select(0, hit_rows * chunks.shape[1] + hit_chunks)
         else:
             values = chunks[hit_rows, hit_chunks]
-        found, offsets = (values >= theta[hit_rows, None]).nonzero(as_tuple=True)
+        reached = values >= theta[hit_rows, None]
+        # A row with more than capacity + 1 values reaching θ in one block fails (θ might still
+        # rise, so this may fail a row that would fit): it bounds the survivors to capacity + 1 a row.
+        survivors = torch.zeros(rows, dtype=torch.int64, device=self.device).index_add_(0, hit_rows, reached.sum(dim=1))
+        failed |= survivors > capacity + 1
+        reached &= ~failed[hit_rows, None]
+        found, offsets = reached.nonzero(as_tuple=True)
         found_rows = hit_rows[found]
         found_columns = hit_chunks[found] * self.CHUNK + offsets
         found_values = values[found, offsets]
@@ -508,19 +515,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
             found_columns = torch.cat([found_columns, tail_columns + full])[order]
             found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])[order]
         counts = torch.bincount(found_rows, minlength=rows)
-        width = min(int(counts.max()) if len(found_rows) else 0, capacity + 1)
-        if len(found_rows) and int(counts.max()) > width:
-            # Rows with more than capacity + 1 survivors keep their best capacity + 1: what they drop
-            # is below what they keep, so if it could reach θ the merge sees the overflow and fails them.
-            order = found_values.float().argsort(descending=True, stable=True)
-            order = order[found_rows[order].argsort(stable=True)]
-            found_rows, found_columns, found_values = found_rows[order], found_columns[order], found_values[order]
         positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
-        fits = positions < width
+        width = int(counts.max()) if len(found_rows) else 0
         new_scores = torch.full((rows, width), -math.inf, device=self.device)
         new_ids = torch.zeros((rows, width), dtype=torch.int64, device=self.device)
-        new_scores[found_rows[fits], positions[fits]] = found_values[fits].float()
-        new_ids[found_rows[fits], positions[fits]] = found_columns[fits]
+        new_scores[found_rows, positions] = found_values.float()
+        new_ids[found_rows, positions] = found_columns
         return new_scores, new_ids
 
     def _rerank(self, queries: torch.Tensor, candidate_scores: torch.Tensor, candidate_ids: torch.Tensor,
