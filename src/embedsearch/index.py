@@ -308,7 +308,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
-    RERANK_PAIRS = 4096  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors
+    RERANK_PAIRS = 1024  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors
     OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
     FLOAT64_SLACK = 1 + 2.0 ** -30
 
@@ -340,30 +340,32 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def add(self, vectors: np.ndarray) -> None:
         start = self.ntotal
         super().add(vectors)
-        parts = [self._scored]
-        for begin in range(start, self.ntotal, self.database_block):  # bounded float64 temporaries
-            parts.append(self._scored_rows(self._vectors[begin:begin + self.database_block]))
-        self._scored = torch.cat(parts)
+        scored = torch.empty((self.ntotal, self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored[:start] = self._scored
+        self._scored = scored
+        for begin in range(start, self.ntotal, self.database_block):
+            end = min(begin + self.database_block, self.ntotal)
+            self._fill_scored_rows(begin, end)
 
-    def _scored_rows(self, vectors: torch.Tensor) -> torch.Tensor:
-        """x' rows for float32 `vectors`, updating the maxima the error bound uses."""
-        exact = vectors.double()
+    def _fill_scored_rows(self, begin: int, end: int) -> None:
+        """Write x' for stored rows begin..end - 1 and update the maxima the error bound uses."""
+        vectors = self._vectors[begin:end]
         rounded = _bf16_flushed(vectors)
-        scored = torch.empty((len(vectors), self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored = self._scored[begin:end]
         scored[:, :self.d] = rounded
         scored[:, self.d] = 1.0
         if self.metric == "l2":
-            half_norms = 0.5 * (exact * exact).sum(dim=1)
+            half_norms = 0.5 * _norms64(vectors) ** 2
             high = _bf16_flushed(half_norms)
             low = _bf16_flushed(half_norms - high.double())
             scored[:, self.d + 1] = -high
             scored[:, self.d + 2] = -low
             error = (half_norms - high.double() - low.double()).abs() + (self.d + 2) * 2.0 ** -52 * half_norms
             self._max_half_norm_error = max(self._max_half_norm_error, float(error.max()))
-        self._max_norm = max(self._max_norm, float(exact.norm(dim=1).max()))
-        self._max_residual = max(self._max_residual, float((rounded.double() - exact).norm(dim=1).max()))
-        self._max_scored_norm = max(self._max_scored_norm, float(scored.double().norm(dim=1).max()))
-        return scored
+        self._max_norm = max(self._max_norm, float(_norms64(vectors).max()))
+        # bf16(x) - x is exact in float32 (Sterbenz: within a factor 2 of x, or x itself when flushed)
+        self._max_residual = max(self._max_residual, float(_norms64(rounded.float() - vectors).max()))
+        self._max_scored_norm = max(self._max_scored_norm, float(_norms64(scored).max()))
 
     def reset(self) -> None:
         super().reset()
@@ -401,11 +403,10 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def _query_bounds(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(E, 2F) per query in float64 (see the class docstring) and the bf16 rows q'."""
-        exact = queries.double()
         rounded = _bf16_flushed(queries)
-        operands = (rounded.double().norm(dim=1) * self._max_residual
-                    + (rounded.double() - exact).norm(dim=1) * self._max_norm + self._max_half_norm_error)
-        magnitude = exact.norm(dim=1) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
+        operands = (_norms64(rounded) * self._max_residual + _norms64(rounded.float() - queries) * self._max_norm
+                    + self._max_half_norm_error)
+        magnitude = _norms64(queries) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
         slack = 2 * _gamma(self.d + 2) * magnitude * self.FLOAT64_SLACK
         # Offset c: a little below the k-th best float32 score of the first stored vectors, so that
         # θ lands just above 0 after the first block (any c keeps the bound valid).
@@ -419,7 +420,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         scored[:, :self.d] = rounded
         scored[:, self.d] = -offsets.to(torch.bfloat16)
         n = self.scored_d
-        scored_norms = scored.double().norm(dim=1)
+        scored_norms = _norms64(scored)
         bound = (operands + _gamma(n) * scored_norms * self._max_scored_norm + (2 * n + 1) * 2.0 ** -126
                  ) * self.FLOAT64_SLACK
         # a finite bound also needs float32 sums that cannot overflow
@@ -545,6 +546,12 @@ def _bf16_flushed(values: torch.Tensor) -> torch.Tensor:
     """values rounded to bf16 (nearest), with results below the smallest normal (2^-126) set to 0."""
     rounded = values.to(torch.bfloat16)
     return rounded.masked_fill_(rounded.abs() < 2.0 ** -126, 0.0)
+
+
+def _norms64(rows: torch.Tensor, rows_per_pass: int = 1024) -> torch.Tensor:
+    """Euclidean norms of the rows in float64 (squares of float32 or bf16 values are exact there), in passes."""
+    return torch.cat([torch.linalg.vector_norm(rows[begin:begin + rows_per_pass].double(), dim=1)
+                      for begin in range(0, len(rows), rows_per_pass)])
 
 
 def _gamma(n: int) -> float:
