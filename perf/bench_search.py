@@ -2,12 +2,10 @@
 
 import numpy as np
 
-from embedsearch.index import TORCH_SPEC
+from embedsearch.index import BF16_SPEC, EXACT_SPECS
 from embedsearch.memory import exact_search_model_bytes
 from embedsearch.metrics import exact_search_gflops, recall_at_k
 from harness import median_seconds, memory_pass, record
-
-EXACT_SPECS = ("Flat", TORCH_SPEC)
 
 
 def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str, config) -> None:
@@ -22,12 +20,14 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     truth_distances, truth_ids = data.ground_truth(case.index, case.nq)
     recall = recall_at_k(ids, truth_ids[:, :case.k])
     exact = case.index.spec in EXACT_SPECS
+    figures = {}
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)
+    if case.index.spec == BF16_SPEC:  # the queries that needed no float32 fall-back
+        figures["certified_fraction"] = index.last_certified_fraction
     memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
                 model_bytes=exact_search_model_bytes(index, case.nq, case.k) if exact and device == "cpu" else None)
     seconds = median_seconds(benchmark)
-    figures = {}
     if seconds:
         figures["queries_per_s"] = case.nq / seconds
         if exact:
