@@ -297,7 +297,7 @@ def near_tie_problems(draw):
     return database, queries, k, metric, blocks, chunk
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=near_tie_problems())
 def test_bf16_search_equals_reference_on_near_ties(problem):
     database, queries, k, metric, (query_block, database_block), chunk = problem

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedsearch.data import clustered_embeddings
-from embedsearch.index import TORCH_SPEC, build_index
+from embedsearch.index import BF16_SPEC, TORCH_SPEC, build_index
 from embedsearch.knn import class_scores, leave_one_out_search, predict, similarities, topk_accuracy
 
 
@@ -92,3 +92,13 @@ def test_class_scores_input_errors():
         class_scores(ids, sims, np.array([0.0, 1.0]), 2)
     with pytest.raises(ValueError, match=r"labels: expected a 1-D array of 1 labels, got shape \(2,\)"):
         topk_accuracy(np.zeros((1, 2)), np.array([0, 1]))
+
+
+def test_leave_one_out_with_bf16_equals_flat():
+    split = clustered_embeddings(6000, 0, 48, 20, seed=3)
+    flat = leave_one_out_search(build_index("Flat", split.train_vectors, "ip"), split.train_vectors, 20)
+    index = build_index(BF16_SPEC, split.train_vectors, "ip")
+    bf16 = leave_one_out_search(index, split.train_vectors, 20)
+    np.testing.assert_array_equal(bf16[1], flat[1])
+    np.testing.assert_allclose(bf16[0], flat[0], atol=1e-5)
+    assert index.last_certified_fraction > 0.99
