@@ -39,7 +39,7 @@ def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
 def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfig):
     case = leave_one_out_case
     split = data.split(case.n_train, case.n_val, case.d, case.n_classes)
-    index = build_index("Flat", split.train_vectors, "ip")
+    index = build_index(case.spec, split.train_vectors, "ip")
 
     def classify_train():
         distances, ids = leave_one_out_search(index, split.train_vectors, case.k)
@@ -52,6 +52,6 @@ def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfi
     assert accuracy[1] >= TOP1_FLOOR, f"{case.id}: top-1 {accuracy[1]:.4f} is below its floor {TOP1_FLOOR}"
     memory_pass(benchmark, pytestconfig, classify_train)
     seconds = median_seconds(benchmark)
-    record(benchmark, threads, spec="Flat", n=case.n_train, nq=case.n_train, d=case.d, classes=case.n_classes,
+    record(benchmark, threads, spec=case.spec, n=case.n_train, nq=case.n_train, d=case.d, classes=case.n_classes,
            k=case.k, vote=case.vote, top1=accuracy[1], top5=accuracy[5],
            **({"queries_per_s": case.n_train / seconds} if seconds else {}))

@@ -2,13 +2,12 @@
 
 import numpy as np
 
-from embedsearch.index import TORCH_SPEC
+from embedsearch.index import BF16_SPEC, EXACT_SPECS
 from embedsearch.memory import exact_search_model_bytes
 from embedsearch.metrics import exact_search_gflops, recall_at_k, single_query_latency
 from harness import median_seconds, memory_pass, record
 from tiers import approximate_specs
 
-EXACT_SPECS = ("Flat", TORCH_SPEC)
 # Least recall@k at the largest nprobe / efSearch of each sweep in tiers.approximate_specs, on the
 # suite's clustered data, so a broken index fails the untimed `pytest` run. Measured there: IVF,Flat
 # 0.66 (smoke) and 0.51-0.65 (default); HNSW32 1.00 and 0.79-0.91; 4-bit fast-scan IVF,PQ 0.12 and
@@ -29,14 +28,16 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     truth_distances, truth_ids = data.ground_truth(case.index, case.nq)
     recall = recall_at_k(ids, truth_ids[:, :case.k])
     exact = case.index.spec in EXACT_SPECS
+    figures = {}
     if exact:  # exact search must reproduce the exact distances (ids may differ only on ties)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], rtol=1e-5, atol=1e-4)
     elif (floor := recall_floor(case)) is not None:
         assert recall >= floor, f"{case.id}: recall@{case.k} {recall:.4f} is below its floor {floor}"
+    if case.index.spec == BF16_SPEC:  # the queries that needed no float32 fall-back
+        figures["certified_fraction"] = index.last_certified_fraction
     memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
                 model_bytes=exact_search_model_bytes(index, case.nq, case.k) if exact and device == "cpu" else None)
     seconds = median_seconds(benchmark)
-    figures = {}
     if seconds:
         figures["queries_per_s"] = case.nq / seconds
         figures.update(single_query_latency(index.search, queries[:LATENCY_QUERIES], case.k))

@@ -12,6 +12,9 @@ FIGURES = (  # extra_info key, column title, format
     ("gflops", "GFLOP/s", "{:.1f}"),
     ("bandwidth_gbs", "GB/s", "{:.1f}"),
     ("recall", "recall@k", "{:.4f}"),
+    ("certified_fraction", "certified", "{:.4f}"),
+    ("mean_cosine_to_fp32", "cos to fp32", "{:.5f}"),
+    ("knn_top1_change", "top-1 change", "{:+.4f}"),
     ("top1", "top-1", "{:.4f}"),
     ("index_bytes", "index MiB", None),
     ("bytes_vs_theory", "bytes/theory", "{:.3f}"),
@@ -70,7 +73,7 @@ def _in_order(benchmarks) -> list:
 
 
 def headline_ratios(benchmarks) -> list[str]:
-    """Exact-search GFLOP/s against the matmul calibration, torch vs FAISS time, suite overhead."""
+    """Exact-search GFLOP/s against the matmul calibration, torch and bf16 vs FAISS time, suite overhead."""
     lines = []
     by_name = {bench.name: bench for bench in benchmarks}
     matmul = next((b.extra_info["gflops"] for b in benchmarks if b.name.startswith("test_matmul_gflops")), None)
@@ -82,6 +85,10 @@ def headline_ratios(benchmarks) -> list[str]:
             twin = by_name.get(bench.name.replace("[Flat-", "[TorchFlat-"))
             if twin is not None:
                 lines.append(f"{twin.name}: torch / FAISS median time = {twin.stats.median / bench.stats.median:.3f}")
+            bf16 = by_name.get(bench.name.replace("[Flat-", "[TorchFlat.bf16-"))
+            if bf16 is not None:
+                lines.append(f"{bf16.name}: speed-up over FAISS Flat = {bench.stats.median / bf16.stats.median:.2f}x "
+                             f"(median times), certified fraction {bf16.extra_info['certified_fraction']:.4f}")
         if "overhead" in info:
             lines.append(f"{bench.name}: timed call adds {info['overhead']:+.2%} to a "
                          f"{info['bare_seconds'] * 1e3:.2f} ms operation (bare loop median)")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from embedsearch.index import BF16_SPEC, TORCH_SPEC
+
+BRUTE_FORCE_SPECS = ("Flat", TORCH_SPEC, BF16_SPEC)  # exact backends side by side on the same data
+
 
 @dataclass(frozen=True)
 class EmbedCase:
@@ -58,11 +62,13 @@ class KnnCase:
     k: int
     vote: str
     data: str = "hard"  # the clustered mixture (its labels are the classes), or a --perf-data file's label
+    spec: str = "Flat"  # the exact index searched (leave-one-out)
 
     @property
     def id(self) -> str:
         suffix = "" if self.data == "hard" else f"-{self.data}"
-        return f"n{self.n_train}-v{self.n_val}-d{self.d}-c{self.n_classes}-k{self.k}-{self.vote}{suffix}"
+        spec = "" if self.spec == "Flat" else f"-{self.spec}"  # Flat keeps the names of saved runs
+        return f"n{self.n_train}-v{self.n_val}-d{self.d}-c{self.n_classes}-k{self.k}-{self.vote}{suffix}{spec}"
 
 
 @dataclass(frozen=True)
@@ -158,25 +164,26 @@ def knn_grid(shape: tuple[int, int, int, int], ks: list[int]) -> list[KnnCase]:
 
 TIERS: dict[str, Tier] = {
     "smoke": Tier(
-        embed=[EmbedCase("test_vit", 8)],
+        embed=[EmbedCase("test_vit", 8), EmbedCase("test_vit", 8, "bf16")],
         build=build_grid([(5_000, 64)]),
         search=search_grid([(5_000, 64)], [10], nq=200),
-        brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in ("Flat", "TorchFlat")],
+        brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in BRUTE_FORCE_SPECS],
         knn=knn_grid((5_000, 500, 64, 20), [10]),
-        leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted")],
+        leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted", spec=spec) for spec in ("Flat", BF16_SPEC)],
         end_to_end=[dict(model="efficientnet_lite0", image_size=32, k=10, rounds=1)],
         scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
         distributed_search=distributed_grid(5_000, 64, nq=200, workers=[1, 2]),
         distributed_embed=[DistributedEmbedCase("test_vit", 16, workers) for workers in (1, 2)],
     ),
     "default": Tier(
-        embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32)],
+        embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32),
+               EmbedCase("vit_small_patch16_224.dino", 32, "bf16")],
         build=build_grid([(20_000, 384)]) + [IndexCase("Flat", 100_000, 384), IndexCase("TorchFlat", 100_000, 384)],
         search=search_grid([(20_000, 384)], [1, 10, 100], nq=1000) + search_grid([(20_000, 384)], [10], 1000, "hard")
         + [SearchCase(IndexCase("Flat", n, d), 10, 1000) for n, d in ((20_000, 128), (20_000, 768), (100_000, 384))],
-        brute_force=[SearchCase(IndexCase(spec, 100_000, 384), 10, 1000) for spec in ("Flat", "TorchFlat")],
+        brute_force=[SearchCase(IndexCase(spec, 100_000, 384), 10, 1000) for spec in BRUTE_FORCE_SPECS],
         knn=knn_grid((20_000, 2_000, 384, 200), [1, 10, 20, 100]),
-        leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted")],
+        leave_one_out=[KnnCase(20_000, 0, 384, 200, 20, "weighted", spec=spec) for spec in ("Flat", BF16_SPEC)],
         end_to_end=[dict(model="efficientnet_lite0", image_size=64, k=10, rounds=1)],
         scaling=scaling_grid([12_500, 25_000, 50_000, 100_000], 128, nq=1000, nlist=256, nprobe=16),
         distributed_search=distributed_grid(100_000, 384, nq=1000, workers=[1, 2]),
@@ -190,9 +197,9 @@ TIERS: dict[str, Tier] = {
         search=search_grid([(100_000, d) for d in (384, 768, 1024, 2048)] + [(1_281_167, 384)],
                            [1, 10, 20, 100], nq=10_000),
         brute_force=[SearchCase(IndexCase(spec, n, 384), 20, 10_000)
-                     for n in (100_000, 1_281_167) for spec in ("Flat", "TorchFlat")],
+                     for n in (100_000, 1_281_167) for spec in BRUTE_FORCE_SPECS],
         knn=knn_grid((100_000, 10_000, 384, 200), [1, 10, 20, 100]),
-        leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted")],
+        leave_one_out=[KnnCase(100_000, 0, 384, 200, 20, "weighted", spec=spec) for spec in ("Flat", BF16_SPEC)],
         end_to_end=[dict(model="efficientnet_lite0", image_size=None, k=20, rounds=3)],
         scaling=scaling_grid([160_000, 320_000, 640_000, 1_281_167], 384, nq=10_000, nlist=4096, nprobe=64),
         distributed_search=distributed_grid(1_281_167, 384, nq=10_000, workers=[1, 2, 4, 8]),

@@ -5,7 +5,8 @@ from safetensors.torch import save_file
 from torch.utils.data import Subset
 
 from embedsearch.data import DigitsImages, image_folder
-from embedsearch.embed import embed_dataset, embed_images, load_model
+from embedsearch import embed as embed_module
+from embedsearch.embed import cpu_supports_bf16, embed_dataset, embed_images, load_model
 
 TEST_MODEL = "test_vit"  # timm's tiny test ViT (64-d), random weights: no download
 
@@ -85,8 +86,8 @@ def test_pretrained_weights_that_cannot_be_fetched_fail_loudly(monkeypatch):
 
 
 def test_embedding_argument_errors(model, digits):
-    with pytest.raises(ValueError, match="precision='bf16' needs a cuda device"):
-        embed_dataset(model, digits, precision="bf16")
+    with pytest.raises(ValueError, match="precision='fp16' needs a cuda device"):
+        embed_dataset(model, digits, precision="fp16")
     with pytest.raises(ValueError, match="precision='int8': expected one of"):
         embed_dataset(model, digits, precision="int8")
     with pytest.raises(ValueError, match="batch_size=0"):
@@ -126,3 +127,19 @@ def test_unreadable_checkpoints_are_named(model, tmp_path, suffix, content):
         path.write_bytes(content)
     with pytest.raises(ValueError, match=f"weights file '{path}' could not be read as a checkpoint"):
         load_model(TEST_MODEL, weights=path)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="CPU without AVX512-BF16 or AMX")
+def test_bf16_cpu_embeddings_are_close_to_fp32(model, digits):
+    bf16 = embed_dataset(model, digits, batch_size=16, precision="bf16")
+    fp32 = embed_dataset(model, digits, batch_size=16)
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, rtol=1e-5)
+    cosines = (bf16 * fp32).sum(axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(bf16, fp32)  # autocast really ran in bf16
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(model, digits, monkeypatch):
+    monkeypatch.setattr(embed_module, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="precision='bf16' on cpu needs a CPU with AVX512-BF16 or AMX"):
+        embed_dataset(model, digits, precision="bf16")

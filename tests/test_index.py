@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from embedsearch.data import clustered_embeddings
-from embedsearch.index import TORCH_SPEC, FaissIndex, TorchFlatIndex, build_index, create_index
+from embedsearch.index import (BF16_SPEC, EXACT_SPECS, TORCH_SPEC, FaissIndex, TorchFlatBf16Index, TorchFlatIndex,
+                                build_index, create_index)
 from embedsearch.memory import profile_memory
 from embedsearch.metrics import recall_at_k
 
-EXACT_SPECS = ("Flat", TORCH_SPEC)
 needs_faiss_gpu = pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="FAISS sees no GPU")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -371,3 +371,117 @@ def test_gpu_nprobe_is_bounded_by_faiss_gpu():
     index = build_index("IVF4096,Flat", vectors, device="cuda")
     with pytest.raises(ValueError, match="nprobe=2049: expected at most 2048"):
         index.set_search_params(nprobe=2049)
+
+
+# --- TorchFlat.bf16: bf16 scores, certified float32 re-rank ---------------------------------------
+
+
+def low_mantissa_variants(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Copies of float32 `vectors` whose 16 low mantissa bits are random: the same bf16 rounding or nearly."""
+    bits = vectors.astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+    return (bits | rng.integers(0, 2**16, size=vectors.shape, dtype=np.uint32)).view(np.float32)
+
+
+@st.composite
+def near_tie_problems(draw):
+    """Databases built to defeat bf16: exact duplicates, low-mantissa variants, scores closer than bf16 resolves."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    d = draw(st.integers(2, 24))
+    bases = rng.standard_normal((draw(st.integers(1, 6)), d)).astype(np.float32) * draw(st.sampled_from([1e-3, 1.0, 50.0]))
+    parts = [bases]
+    for base in bases:
+        copies = draw(st.integers(0, 12))
+        parts.append(np.repeat(base[None], draw(st.integers(0, 3)), axis=0))  # exact duplicates
+        parts.append(low_mantissa_variants(np.repeat(base[None], copies, axis=0), rng))
+        # scores apart by less than bf16 resolves (2^-9 relative) but more than float32's
+        parts.append(base[None] * (1 + rng.uniform(-2**-9, 2**-9, size=(copies, 1))).astype(np.float32))
+    parts.append(rng.standard_normal((draw(st.integers(0, 40)), d)).astype(np.float32) * float(np.abs(bases).max()))
+    database = np.concatenate(parts)
+    queries = np.concatenate([bases, low_mantissa_variants(bases, rng),
+                              rng.standard_normal((3, d)).astype(np.float32)])[: draw(st.integers(1, 15))]
+    k = draw(st.integers(1, min(len(database), 30)))
+    metric = draw(st.sampled_from(["l2", "ip"]))
+    blocks = draw(st.sampled_from([(1, 4), (2, 8), (4, 16), (16, 64), (1024, 8192)]))
+    chunk = draw(st.sampled_from([2, 4]))
+    return database, queries, k, metric, blocks, chunk
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=near_tie_problems())
+def test_bf16_search_equals_reference_on_near_ties(problem):
+    database, queries, k, metric, (query_block, database_block), chunk = problem
+    index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cpu"), query_block, database_block)
+    index.CHUNK = chunk  # small chunks: the chunked selection runs on small blocks too
+    index.add(database)
+    distances, ids = index.search(queries, k)
+    assert_exact_search(database, queries, k, metric, distances, ids)
+    assert 0.0 <= index.last_certified_fraction <= 1.0
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_error_bound_holds_for_every_score(metric):
+    """The docstring's bound |t - (s - c)| <= w|t| + E, checked against float64 scores on adversarial data."""
+    rng = np.random.default_rng(3)
+    bases = rng.standard_normal((20, 96)).astype(np.float32)
+    database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 20, axis=0), rng),
+                               bases * np.float32(1e-3), rng.standard_normal((500, 96)).astype(np.float32) * 30])
+    queries = np.concatenate([bases, low_mantissa_variants(bases, rng), database[-50:]])
+    index = build_index(BF16_SPEC, database, metric)
+    bound, _, scored_queries = index._query_bounds(torch.from_numpy(queries), 10)
+    bf16_scores = (scored_queries @ index._scored.T).double()  # bf16 product, float32 accumulation
+    exact = queries.astype(np.float64) @ database.astype(np.float64).T
+    if metric == "l2":
+        exact -= 0.5 * (database.astype(np.float64) ** 2).sum(1)
+    offsets = -scored_queries[:, index.d].double().numpy()
+    error = np.abs(bf16_scores.numpy() - (exact - offsets[:, None]))
+    allowed = index.OUTPUT_ROUNDING * bf16_scores.abs().numpy() + bound.numpy()[:, None]
+    assert (error <= allowed).all()
+    assert (error.max(axis=1) > 0.05 * bound.numpy()).any()  # the bound is not vacuous: errors come near it
+
+
+def test_bf16_matmul_accumulates_in_float32():
+    ones = torch.ones((1, 4096), dtype=torch.bfloat16)
+    assert (ones @ ones.T).item() == 4096  # bf16 accumulation would stop at 256
+
+
+def test_bf16_falls_back_to_float32_for_queries_with_too_many_near_ties():
+    rng = np.random.default_rng(4)
+    other = rng.standard_normal((3000, 32)).astype(np.float32)
+    crowded = low_mantissa_variants(np.repeat(other[:1], 200, axis=0), rng)  # 200 near-ties of vector 0
+    database = np.concatenate([other, crowded])
+    queries = np.concatenate([other[:1], other[1000:1003]])
+    for metric in ("l2", "ip"):
+        index = build_index(BF16_SPEC, database, metric)
+        index.database_block = 1024  # several blocks: the running threshold and the fall-back both run
+        assert index.candidate_capacity(5) < 200
+        distances, ids = index.search(queries, 5)
+        assert index.last_certified_fraction == 0.75  # the crowded query fell back, the others are certified
+        assert_exact_search(database, queries, 5, metric, distances, ids)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_equals_flat_and_certifies_clustered_data(metric):
+    split = clustered_embeddings(20_000, 300, 64, 20, seed=9)
+    flat_distances, flat_ids = build_index("Flat", split.train_vectors, metric).search(split.val_vectors, 10)
+    index = build_index(BF16_SPEC, split.train_vectors, metric)
+    distances, ids = index.search(split.val_vectors, 10)
+    np.testing.assert_array_equal(ids, flat_ids)
+    np.testing.assert_allclose(distances, flat_distances, atol=1e-5)
+    assert index.last_certified_fraction == 1.0
+
+
+def test_bf16_queries_with_unbounded_error_are_searched_in_float32():
+    database = np.array([[3e38, 0.0], [1.0, 1.0], [2.0, -1.0]], dtype=np.float32)  # rounds to inf in bf16
+    index = build_index(BF16_SPEC, database, "ip")
+    distances, ids = index.search(np.array([[0.0, 1.0]], dtype=np.float32), 2)
+    assert index.last_certified_fraction == 0.0
+    assert ids.tolist() == [[1, 0]] and distances.tolist() == [[1.0, 0.0]]
+
+
+def test_bf16_nbytes_counts_the_bf16_copy():
+    vectors = clustered_embeddings(2000, 0, 32, 4, seed=0).train_vectors
+    assert build_index(BF16_SPEC, vectors, "ip").nbytes() == 4 * 2000 * 32 + 2 * 2000 * (32 + 1)
+    assert build_index(BF16_SPEC, vectors, "l2").nbytes() == 4 * 2000 * 33 + 2 * 2000 * (32 + 3)
+    index = build_index(BF16_SPEC, vectors, "l2")
+    index.reset()
+    assert index.nbytes() == 0

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from embedsearch.data import clustered_embeddings
-from embedsearch.index import TORCH_SPEC, build_index
+from embedsearch.index import BF16_SPEC, TORCH_SPEC, build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
 
 
@@ -41,7 +41,7 @@ def test_weighted_vote_is_exact_for_large_similarities():
     ids = np.array([[0, 1, 2], [1, 0, 2]])
     sims = np.array([[55.0, 60.0, 54.0], [60.0, 55.0, 55.0]])
     scores = class_scores(ids, sims, train_labels, 2, "weighted", temperature=0.07)
-    np.testing.assert_array_equal(predict(scores), [1, 1])
+    np.testing.assert_array_equal(scores.argmax(axis=1), [1, 1])
     class_0 = np.logaddexp(55 / 0.07, 54 / 0.07)
     np.testing.assert_allclose(scores, [[class_0, 60 / 0.07], [np.logaddexp(55 / 0.07, 55 / 0.07), 60 / 0.07]])
     assert np.isfinite(scores).all()
@@ -59,7 +59,7 @@ def test_weighted_vote_on_norm_8_vectors_equals_the_float64_reference():
             if logits.size:
                 reference[row, label] = logits.max() + np.log(np.exp(logits - logits.max()).sum())
     np.testing.assert_allclose(scores, reference, rtol=1e-12)
-    np.testing.assert_array_equal(predict(scores), predict(reference))
+    np.testing.assert_array_equal(scores.argmax(axis=1), reference.argmax(axis=1))
 
 
 def test_similarities_from_l2_equal_inner_products_on_unit_vectors():
@@ -131,3 +131,13 @@ def test_class_scores_input_errors():
         class_scores(ids, sims, np.array([0, 1]), 2, "weighted", temperature=float("nan"))
     with pytest.raises(ValueError, match=r"labels: expected a 1-D array of 1 labels, got shape \(2,\)"):
         topk_accuracy(np.zeros((1, 2)), np.array([0, 1]))
+
+
+def test_leave_one_out_with_bf16_equals_flat():
+    split = clustered_embeddings(6000, 0, 48, 20, seed=3)
+    flat = leave_one_out_search(build_index("Flat", split.train_vectors, "ip"), split.train_vectors, 20)
+    index = build_index(BF16_SPEC, split.train_vectors, "ip")
+    bf16 = leave_one_out_search(index, split.train_vectors, 20)
+    np.testing.assert_array_equal(bf16[1], flat[1])
+    np.testing.assert_allclose(bf16[0], flat[0], atol=1e-5)
+    assert index.last_certified_fraction > 0.99

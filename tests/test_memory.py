@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from embedsearch.data import clustered_embeddings
-from embedsearch.index import TORCH_SPEC, build_index, create_index
+from embedsearch.index import BF16_SPEC, TORCH_SPEC, build_index, create_index
 from embedsearch.memory import (RUNTIME_ALLOWANCE_BYTES, build_model_bytes, exact_search_model_bytes, measure_stage,
                                 profile_memory, vit_embedding_model_bytes)
 
@@ -94,7 +94,7 @@ def test_measure_stage_reports_seconds_and_peak_rss():
         assert stage.peak_rss_bytes >= 50_000_000
 
 
-@pytest.mark.parametrize("spec", ["Flat", TORCH_SPEC, "IVF64,Flat"])
+@pytest.mark.parametrize("spec", ["Flat", TORCH_SPEC, BF16_SPEC, "IVF64,Flat"])
 def test_build_stays_within_its_memory_model(spec, split):
     index = create_index(spec, D, "ip")
     if not index.is_trained:
@@ -131,3 +131,10 @@ def test_vit_embedding_model_refuses_other_architectures():
 
     with pytest.raises(ValueError, match="ResNet.*VisionTransformer"):
         vit_embedding_model_bytes(load_model("test_resnet", weights="random"), 8)
+
+
+def test_bf16_search_stays_within_its_memory_model(split):
+    index = build_index(BF16_SPEC, split.train_vectors, "ip")
+    index.search(split.val_vectors, K)
+    _, profile = profile_memory(lambda: index.search(split.val_vectors, K) and None)
+    assert index.score_buffer_bytes(NQ) <= profile.peak_bytes <= exact_search_model_bytes(index, NQ, K)

@@ -6,8 +6,11 @@ Distances follow FAISS: squared L2 (ascending) for metric "l2", inner products (
 
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -18,6 +21,8 @@ from .validation import as_vectors, check_choice, check_k
 
 METRICS = ("l2", "ip")
 TORCH_SPEC = "TorchFlat"
+BF16_SPEC = "TorchFlat.bf16"  # TorchFlat scoring in bfloat16 with a certified float32 re-rank
+EXACT_SPECS = ("Flat", TORCH_SPEC, BF16_SPEC)
 FAISS_GPU_MAX_K = 2048  # FAISS GPU indexes accept k and nprobe up to this value
 FAISS_MAX_INT = 2**31 - 1  # FAISS holds nprobe and efSearch in a C int
 _FAISS_METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
@@ -241,7 +246,7 @@ class TorchFlatIndex(Index):
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries_t = torch.from_numpy(queries).to(self.device)
         # One buffer for every block: a fresh allocation per block costs page faults on cpu.
-        buffer = torch.empty(self.score_buffer_shape(len(queries_t)), dtype=torch.float32, device=self.device)
+        buffer = self._score_buffer(len(queries_t))
         all_distances, all_ids = [], []
         for q_start in range(0, queries_t.shape[0], self.query_block):
             block_queries = queries_t[q_start:q_start + self.query_block]
@@ -256,6 +261,10 @@ class TorchFlatIndex(Index):
         ids = torch.cat(all_ids)
         synchronize(self.device)
         return distances.cpu().numpy(), ids.cpu().numpy()
+
+    def _score_buffer(self, nq: int) -> torch.Tensor:
+        """The score buffer a search of nq queries reuses for every block."""
+        return torch.empty(self.score_buffer_shape(nq), dtype=torch.float32, device=self.device)
 
     def _search_block(self, block_queries: torch.Tensor, k: int,
                       buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,18 +290,328 @@ class TorchFlatIndex(Index):
         return self._vectors.numel() * 4 + self._half_norms.numel() * 4
 
 
+class TorchFlatBf16Index(TorchFlatIndex):
+    """Exact search that scores in bfloat16, re-ranks in float32, and certifies each query.
+
+    Scores. s(x) = q·x (ip), or q·x - |x|²/2 (l2, which ranks as -|q - x|²). Beside its float32
+    vectors the index stores x' = [bf16(x), 1, -h1, -h2] (ip: [bf16(x), 1]), h = |x|²/2 in
+    float64, h1 = bf16(h), h2 = bf16(h - h1). A query becomes q' = [bf16(q), -c, 1, 1], c a bf16
+    offset: the best float32 score over OFFSET_SAMPLE stored vectors, so that scores near the cut
+    are small numbers and their bf16 rounding is fine. bf16 subnormals are flushed to zero in
+    both (bf16 dot-product units treat them as zero). One matrix product per block gives
+    t(x) = bf16(q'·x'), accumulated in float32 (checked by tests/test_index.py).
+
+    Error bound, per query, for every stored x: |t(x) - (s(x) - c)| <= w·|t(x)| + E, where
+    1. operands: |bf16(q)·bf16(x) - q·x| <= |bf16(q)|·R + |bf16(q) - q|·M (Cauchy-Schwarz on
+       q̂·(x̂ - x) + (q̂ - q)·x), R = max |bf16(x) - x| and M = max |x| as measured when added,
+       plus e = max |h - h1 - h2| (+ (d + 2)·2^-52·h for h's own float64 sum);
+    2. accumulation: products of bf16 numbers are exact in float32; n = len(x') float32 additions
+       in any order (blocked, fused or not) err by at most γn·Σ|q'i x'i| <= γn·|q'|·M',
+       γn = n·2^-24 / (1 - n·2^-24), M' = max |x'| (Higham, Accuracy and Stability of Numerical
+       Algorithms, §3.1), plus (2n + 1)·2^-126 for results flushed to zero on underflow;
+    3. output: rounding the float32 sum to bf16 moves it by at most w·|t|, w = 2^-7·(1 + 2^-6)
+       (covers round-to-nearest and truncation).
+    E is the sum of 1 and 2, times 1 + 2^-30 for the float64 arithmetic that computes it.
+
+    Certificate. L(t) = t - w|t| - E and U(t) = t + w|t| + E both increase with t. With t_k the
+    k-th largest t, k vectors have s - c >= T = L(t_k). A float32 score f (re-rank or any
+    float32 exact search) errs by at most F = γ(d+2)·(|q|·M + M²) (ip: γ(d+2)·|q|·M), so a
+    vector in the float32 top-k has f >= T + c - F, hence s - c >= T - 2F, hence
+    t >= θ = U⁻¹(T - 2F). θ is rounded down to bf16; every t < θ is discarded. As blocks are
+    scanned t_k only grows, so a running θ discards safely: per block one pass takes the max of
+    each CHUNK columns, and only chunks whose max reaches θ are compared element-wise. The
+    candidates (t >= θ at the end) are re-ranked with float32 scores of the original vectors,
+    so the results are those of float32 exact search. A query is certified when all its
+    candidates fit the candidate buffer (`candidate_capacity(k)`); otherwise (many near-ties)
+    it is searched in float32 like TorchFlat, reusing the score buffer's memory. Queries whose
+    bound is not finite (huge values) are searched in float32 too.
+
+    Memory: the bf16 copy adds 2·ntotal·len(x') bytes (`nbytes`); a search reuses one bf16
+    score buffer (`score_buffer_bytes(nq)`) plus candidate buffers of query_block x capacity.
+    On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
+    off for the matrix product (they would break bound 2).
+    """
+
+    CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
+    OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
+    RERANK_PAIRS = 1024  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors
+    OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
+    FLOAT64_SLACK = 1 + 2.0 ** -30
+
+    def __init__(self, d: int, metric: str, device: torch.device,
+                 query_block: int | None = None, database_block: int | None = None):
+        super().__init__(d, metric, device, query_block, database_block)
+        self.spec = BF16_SPEC
+        self.scored_d = d + (3 if metric == "l2" else 1)  # len(x')
+        self.last_certified_fraction: float | None = None  # share of the last search's queries certified
+        self._clear_bf16()
+
+    def _clear_bf16(self) -> None:
+        self._scored = torch.empty((0, self.scored_d), dtype=torch.bfloat16, device=self.device)
+        self._max_norm = self._max_residual = self._max_scored_norm = self._max_half_norm_error = 0.0
+
+    def candidate_capacity(self, k: int) -> int:
+        """Candidates a query may keep (k plus room for near-ties); more and it falls back to float32."""
+        return min(self.ntotal, 3 * k + 32)
+
+    def score_buffer_shape(self, nq: int) -> tuple[int, int]:
+        rows, columns = super().score_buffer_shape(nq)
+        return rows + rows % 2 if rows > 1 else 2, columns  # even: its memory also holds rows / 2 float32 rows
+
+    def score_buffer_bytes(self, nq: int) -> int:
+        """Bytes of the bf16 score buffer a search of nq queries allocates (float32 fall-back reuses it)."""
+        rows, columns = self.score_buffer_shape(nq)
+        return 2 * rows * columns
+
+    def add(self, vectors: np.ndarray) -> None:
+        start = self.ntotal
+        super().add(vectors)
+        scored = torch.empty((self.ntotal, self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored[:start] = self._scored
+        self._scored = scored
+        for begin in range(start, self.ntotal, self.database_block):
+            end = min(begin + self.database_block, self.ntotal)
+            self._fill_scored_rows(begin, end)
+
+    def _fill_scored_rows(self, begin: int, end: int) -> None:
+        """Write x' for stored rows begin..end - 1 and update the maxima the error bound uses."""
+        vectors = self._vectors[begin:end]
+        rounded = _bf16_flushed(vectors)
+        scored = self._scored[begin:end]
+        scored[:, :self.d] = rounded
+        scored[:, self.d] = 1.0
+        if self.metric == "l2":
+            half_norms = 0.5 * _norms64(vectors) ** 2
+            high = _bf16_flushed(half_norms)
+            low = _bf16_flushed(half_norms - high.double())
+            scored[:, self.d + 1] = -high
+            scored[:, self.d + 2] = -low
+            error = (half_norms - high.double() - low.double()).abs() + (self.d + 2) * 2.0 ** -52 * half_norms
+            self._max_half_norm_error = max(self._max_half_norm_error, float(error.max()))
+        self._max_norm = max(self._max_norm, float(_norms64(vectors).max()))
+        # bf16(x) - x is exact in float32 (Sterbenz: within a factor 2 of x, or x itself when flushed)
+        self._max_residual = max(self._max_residual, float(_norms64(rounded.float() - vectors).max()))
+        self._max_scored_norm = max(self._max_scored_norm, float(_norms64(scored).max()))
+
+    def reset(self) -> None:
+        super().reset()
+        self._clear_bf16()
+
+    def nbytes(self) -> int:
+        return super().nbytes() + self._scored.numel() * 2
+
+    def _score_buffer(self, nq: int) -> torch.Tensor:
+        rows, columns = self.score_buffer_shape(nq)
+        return torch.empty(rows * columns, dtype=torch.bfloat16, device=self.device)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self._certified = 0
+        with _exact_bf16_reductions(self.device):
+            results = super()._search(queries, k)
+        self.last_certified_fraction = self._certified / len(queries)
+        return results
+
+    def _search_block(self, block_queries: torch.Tensor, k: int,
+                      buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k float32 scores of one block of queries: certified bf16 candidates, else float32."""
+        bound, slack, scored_queries = self._query_bounds(block_queries, k)
+        candidate_scores, candidate_ids, failed = self._candidates(scored_queries, bound, slack, k, buffer)
+        scores, ids = self._rerank(block_queries, candidate_scores, candidate_ids, failed, k)
+        failed_rows = failed.nonzero().flatten()
+        self._certified += len(block_queries) - len(failed_rows)
+        columns = min(self.database_block, self.ntotal)
+        rows_per_pass = buffer.numel() // 2 // columns
+        float32_buffer = buffer.view(torch.float32)[:rows_per_pass * columns].view(rows_per_pass, columns)
+        for begin in range(0, len(failed_rows), rows_per_pass):
+            rows = failed_rows[begin:begin + rows_per_pass]
+            scores[rows], ids[rows] = TorchFlatIndex._search_block(self, block_queries[rows], k, float32_buffer)
+        return scores, ids
+
+    def _query_bounds(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(E, 2F) per query in float64 (see the class docstring) and the bf16 rows q'."""
+        rounded = _bf16_flushed(queries)
+        operands = (_norms64(rounded) * self._max_residual + _norms64(rounded.float() - queries) * self._max_norm
+                    + self._max_half_norm_error)
+        magnitude = _norms64(queries) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
+        slack = 2 * _gamma(self.d + 2) * magnitude * self.FLOAT64_SLACK
+        # Offset c: a little below the k-th best float32 score of the first stored vectors, so that
+        # θ lands just above 0 after the first block (any c keeps the bound valid).
+        sample = self._vectors[:self.OFFSET_SAMPLE]
+        sample_scores = queries @ sample.T
+        if self.metric == "l2":
+            sample_scores -= self._half_norms[:self.OFFSET_SAMPLE]
+        sample_kth = sample_scores.topk(min(k, len(sample)), dim=1).values[:, -1].double()
+        offsets = torch.nan_to_num(sample_kth - 4 * (operands + slack), posinf=0.0, neginf=0.0)
+        scored = torch.ones((len(queries), self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored[:, :self.d] = rounded
+        scored[:, self.d] = -offsets.to(torch.bfloat16)
+        n = self.scored_d
+        scored_norms = _norms64(scored)
+        bound = (operands + _gamma(n) * scored_norms * self._max_scored_norm + (2 * n + 1) * 2.0 ** -126
+                 ) * self.FLOAT64_SLACK
+        # a finite bound also needs float32 sums that cannot overflow
+        bound[~torch.isfinite(bound) | (scored_norms * self._max_scored_norm > 2.0 ** 100)] = math.inf
+        return bound, slack, scored
+
+    def _threshold(self, kth: torch.Tensor, bound: torch.Tensor, slack: torch.Tensor) -> torch.Tensor:
+        """θ = U⁻¹(L(t_k) - 2F), rounded down to bf16; +inf where the bound is infinite (no certificate)."""
+        w = self.OUTPUT_ROUNDING
+        kth = kth.double()
+        lower = kth - w * kth.abs() - bound  # L(t_k)
+        target = lower - slack - bound  # U(θ) = lower - 2F, solved for θ
+        theta = torch.where(target >= 0, target / (1 + w), target / (1 - w))
+        # round-to-nearest of θ lowered by more than its own rounding error lands at or below θ
+        theta = (theta - theta.abs() * 2.0 ** -7 - 2.0 ** -126).to(torch.bfloat16)
+        theta[~torch.isfinite(bound)] = math.inf
+        return theta
+
+    def _candidates(self, scored_queries: torch.Tensor, bound: torch.Tensor, slack: torch.Tensor, k: int,
+                    buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(bf16 scores as float32, ids) of each query's candidates, -inf padded, and the rows that failed."""
+        rows = len(scored_queries)
+        capacity = self.candidate_capacity(k)
+        kept_scores = torch.full((rows, 0), -math.inf, device=self.device)
+        kept_ids = torch.zeros((rows, 0), dtype=torch.int64, device=self.device)
+        failed = ~torch.isfinite(bound)
+        theta = None
+        for x_start in range(0, self.ntotal, self.database_block):
+            block = self._scored[x_start:x_start + self.database_block]
+            scores = buffer[:rows * len(block)].view(rows, len(block))
+            torch.mm(scored_queries, block.T, out=scores)
+            if theta is None:  # no threshold yet: take the block's best capacity + 1 directly
+                new_scores, new_ids = scores.topk(min(capacity + 1, len(block)), dim=1)
+                new_scores = new_scores.float()
+            else:
+                new_scores, new_ids = self._above_threshold(scores, theta, failed, capacity)
+            merged_scores, order = torch.cat([kept_scores, new_scores], dim=1).sort(dim=1, descending=True)
+            merged_ids = torch.cat([kept_ids, new_ids + x_start], dim=1).gather(1, order)
+            if merged_scores.shape[1] < k:  # fewer than k vectors seen: no threshold yet
+                kept_scores, kept_ids = merged_scores, merged_ids
+                continue
+            theta = self._threshold(merged_scores[:, k - 1], bound, slack)
+            if merged_scores.shape[1] > capacity:  # a candidate that does not fit: no certificate
+                failed |= merged_scores[:, capacity] >= theta.float()
+            kept_scores, kept_ids = merged_scores[:, :capacity], merged_ids[:, :capacity]
+        kept_scores[kept_scores < theta.float()[:, None]] = -math.inf
+        return kept_scores, kept_ids, failed
+
+    def _chunks(self, scores: torch.Tensor) -> torch.Tensor:
+        """(rows, chunks, CHUNK) view of a block's scores, without its last partial chunk."""
+        full = scores.shape[1] // self.CHUNK * self.CHUNK
+        return scores[:, :full].unflatten(1, (full // self.CHUNK, self.CHUNK))
+
+    def _above_threshold(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
+                         capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores >= θ of each row of one block (float32, -inf padded) and their columns."""
+        rows, width = scores.shape
+        chunks = self._chunks(scores)
+        full = chunks.shape[1] * self.CHUNK
+        # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
+        # max over int16 bits is several times faster than over bf16. Rows with θ's sign bit set
+        # take the bf16 max; rows that failed check nothing.
+        theta_bits = theta.view(torch.int16).clone()
+        theta_bits[failed] = torch.iinfo(torch.int16).max
+        hits = chunks.view(torch.int16).amax(dim=2) >= theta_bits[:, None]
+        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
+        if len(negative):
+            hits[negative] = chunks[negative].amax(dim=2) >= theta[negative, None]
+        # More than capacity + 1 chunks reaching θ hold more candidates than fit: no certificate.
+        # Failing them here also bounds the work and memory of the element-wise pass.
+        failed |= hits.sum(dim=1) > capacity + 1
+        hits &= ~failed[:, None]
+        hit_rows, hit_chunks = hits.nonzero(as_tuple=True)
+        if full == width:  # contiguous: one index_select gathers the chunks that reach θ
+            values = chunks.reshape(-1, self.CHUNK).index_select(0, hit_rows * chunks.shape[1] + hit_chunks)
+        else:
+            values = chunks[hit_rows, hit_chunks]
+        reached = values >= theta[hit_rows, None]
+        # A row with more than capacity + 1 values reaching θ in one block fails (θ might still
+        # rise, so this may fail a row that would fit): it bounds the survivors to capacity + 1 a row.
+        survivors = torch.zeros(rows, dtype=torch.int64, device=self.device).index_add_(0, hit_rows, reached.sum(dim=1))
+        failed |= survivors > capacity + 1
+        reached &= ~failed[hit_rows, None]
+        found, offsets = reached.nonzero(as_tuple=True)
+        found_rows = hit_rows[found]
+        found_columns = hit_chunks[found] * self.CHUNK + offsets
+        found_values = values[found, offsets]
+        if full < width:  # the block's last, partial chunk
+            tail = scores[:, full:]
+            tail_rows, tail_columns = ((tail >= theta[:, None]) & ~failed[:, None]).nonzero(as_tuple=True)
+            order = torch.cat([found_rows, tail_rows]).argsort(stable=True)
+            found_rows = torch.cat([found_rows, tail_rows])[order]
+            found_columns = torch.cat([found_columns, tail_columns + full])[order]
+            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])[order]
+        counts = torch.bincount(found_rows, minlength=rows)
+        positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
+        width = int(counts.max()) if len(found_rows) else 0
+        new_scores = torch.full((rows, width), -math.inf, device=self.device)
+        new_ids = torch.zeros((rows, width), dtype=torch.int64, device=self.device)
+        new_scores[found_rows, positions] = found_values.float()
+        new_ids[found_rows, positions] = found_columns
+        return new_scores, new_ids
+
+    def _rerank(self, queries: torch.Tensor, candidate_scores: torch.Tensor, candidate_ids: torch.Tensor,
+                failed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k float32 scores among each row's candidates (rows that failed are filled later)."""
+        valid = torch.isfinite(candidate_scores) & ~failed[:, None]
+        pair_rows, pair_columns = valid.nonzero(as_tuple=True)
+        pair_ids = candidate_ids[pair_rows, pair_columns]
+        exact = torch.full(candidate_scores.shape, -math.inf, device=self.device)
+        for begin in range(0, len(pair_rows), self.RERANK_PAIRS):
+            rows = pair_rows[begin:begin + self.RERANK_PAIRS]
+            ids = pair_ids[begin:begin + self.RERANK_PAIRS]
+            pair_scores = torch.linalg.vecdot(self._vectors.index_select(0, ids), queries.index_select(0, rows))
+            if self.metric == "l2":
+                pair_scores -= self._half_norms[ids]
+            exact[rows, pair_columns[begin:begin + self.RERANK_PAIRS]] = pair_scores
+        scores, positions = exact.topk(k, dim=1)
+        return scores, candidate_ids.gather(1, positions)
+
+
+def _bf16_flushed(values: torch.Tensor) -> torch.Tensor:
+    """values rounded to bf16 (nearest), with results below the smallest normal (2^-126) set to 0."""
+    rounded = values.to(torch.bfloat16)
+    return rounded.masked_fill_(rounded.abs() < 2.0 ** -126, 0.0)
+
+
+def _norms64(rows: torch.Tensor, rows_per_pass: int = 1024) -> torch.Tensor:
+    """Euclidean norms of the rows in float64 (squares of float32 or bf16 values are exact there), in passes."""
+    return torch.cat([torch.linalg.vector_norm(rows[begin:begin + rows_per_pass].double(), dim=1)
+                      for begin in range(0, len(rows), rows_per_pass)])
+
+
+def _gamma(n: int) -> float:
+    """Higham's γn for float32: the relative error bound of n roundings."""
+    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+
+
+@contextmanager
+def _exact_bf16_reductions(device: torch.device) -> Iterator[None]:
+    """On cuda, forbid cuBLAS's reduced-precision (bf16) split-K reductions while the block runs."""
+    if device.type != "cuda":
+        yield
+        return
+    allowed = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = allowed
+
+
 def create_index(spec: str, d: int, metric: str = "l2", device: str = "cpu", sharded: bool = False) -> Index:
-    """Return an empty index: `spec` is a FAISS factory string or "TorchFlat"; device cpu/cuda[:N]/auto."""
+    """Return an empty index: `spec` is a FAISS factory string, "TorchFlat" or "TorchFlat.bf16"; device cpu/cuda[:N]/auto."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"spec={spec!r}: expected a FAISS index-factory string or {TORCH_SPEC!r}")
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
         raise ValueError(f"d={d!r}: expected a positive integer dimension")
     check_choice(metric, "metric", METRICS)
     torch_device = resolve_device(device)
-    if spec == TORCH_SPEC:
+    if spec in (TORCH_SPEC, BF16_SPEC):
         if sharded:
-            raise ValueError(f"sharded=True is for FAISS GPU indexes, not {TORCH_SPEC!r}")
-        return TorchFlatIndex(int(d), metric, torch_device)
+            raise ValueError(f"sharded=True is for FAISS GPU indexes, not {spec!r}")
+        torch_index = TorchFlatIndex if spec == TORCH_SPEC else TorchFlatBf16Index
+        return torch_index(int(d), metric, torch_device)
     return FaissIndex(spec, int(d), metric, torch_device, sharded)
 
 

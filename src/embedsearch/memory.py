@@ -122,16 +122,44 @@ def exact_search_model_bytes(index, nq: int, k: int) -> int:
     TorchFlat: results, its score buffer (index.score_buffer_bytes(nq)) and the per-block top-k candidates
     (12 bytes each, held twice while merged). Plus RUNTIME_ALLOWANCE_BYTES.
     """
-    from .index import TorchFlatIndex
+    from .index import TorchFlatBf16Index, TorchFlatIndex
 
     results = 12 * nq * k
+    if isinstance(index, TorchFlatBf16Index):
+        return bf16_search_model_bytes(index, nq, k)
     if isinstance(index, TorchFlatIndex):
         blocks = -(-index.ntotal // index.database_block)
         return results + index.score_buffer_bytes(nq) + 2 * 12 * nq * k * blocks + RUNTIME_ALLOWANCE_BYTES
     if index.spec == "Flat":
         reservoirs = 12 * nq * ((2 * k + 15) & ~15) if k >= faiss.cvar.distance_compute_min_k_reservoir else 0
         return results + reservoirs + faiss_blas_block_bytes(nq, index.d) + RUNTIME_ALLOWANCE_BYTES
-    raise ValueError(f"index spec {index.spec!r}: the exact-search model covers 'Flat' and 'TorchFlat'")
+    raise ValueError(f"index spec {index.spec!r}: the exact-search model covers 'Flat', 'TorchFlat' and 'TorchFlat.bf16'")
+
+
+def bf16_search_model_bytes(index, nq: int, k: int) -> int:
+    """Bytes a TorchFlat.bf16 search allocates beyond its inputs: a bound, stage by stage.
+
+    With rows x columns the score buffer's shape, capacity = index.candidate_capacity(k) and
+    chunk = index.CHUNK: results (12·nq·k, twice: per block, then joined); the bf16 score buffer
+    (index.score_buffer_bytes(nq), also the float32 fall-back's); the query rows q' and float64
+    norm passes (2·rows·(len(q') + d) + 16·1024·d); the candidates, float32 score + int64 id
+    each, in four arrays of rows x (2·capacity + 1 + chunk) while merged and sorted; the
+    selection, at most capacity + 1 chunks a row reaching θ (gathered bf16 values, their mask and
+    the chunk maxima: 3·rows·(capacity + 1)·chunk + 4·rows·columns / chunk bytes) and at most
+    capacity + 1 + chunk survivors a row (40 bytes each: indices, values, positions); the
+    re-rank, index.RERANK_PAIRS pairs of float32 vectors at once (12·pairs·d) and 24 bytes per
+    candidate. Stages that are not alive together are summed, so the bound is loose by design.
+    Plus RUNTIME_ALLOWANCE_BYTES.
+    """
+    rows, columns = index.score_buffer_shape(nq)
+    capacity = index.candidate_capacity(k)
+    queries = 2 * rows * (index.scored_d + index.d) + 16 * 1024 * index.d
+    candidates = 4 * 12 * rows * (2 * capacity + 1 + index.CHUNK)
+    selection = (3 * rows * (capacity + 1) * index.CHUNK + 4 * rows * columns // index.CHUNK
+                 + 40 * rows * (capacity + 1 + index.CHUNK))
+    rerank = 12 * index.RERANK_PAIRS * index.d + 24 * rows * capacity
+    return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates + selection + rerank
+            + RUNTIME_ALLOWANCE_BYTES)
 
 
 KMEANS_MAX_POINTS_PER_CENTROID = 256  # FAISS ClusteringParameters default: k-means subsamples above it
@@ -142,7 +170,8 @@ def build_model_bytes(spec: str, stage: str, n: int, d: int, metric: str = "ip")
 
     Stated for exact indexes and IVF{nlist},Flat on cpu; None for other specs (HNSW, PQ).
     - Flat add: the stored vectors, 4·n·d. TorchFlat add: its copy, 4·n·d, plus for l2 the
-      squared vectors (4·n·d) and half norms (4·n).
+      squared vectors (4·n·d) and half norms (4·n). TorchFlat.bf16 add: TorchFlat's, plus its bf16
+      copy (2·n·(d + 1), l2: 2·n·(d + 3)) and the per-block conversion passes.
     - IVF train (k-means on s = min(n, 256·nlist) points): the BLAS block of the coarse
       quantizer's search, the centroids twice (k-means' own and the quantizer's), 12·s for the
       assignment (int64 ids + float32 distances), and a 4·s·d subsample copy when s < n.
@@ -156,6 +185,12 @@ def build_model_bytes(spec: str, stage: str, n: int, d: int, metric: str = "ip")
         return 4 * n * d + RUNTIME_ALLOWANCE_BYTES
     if spec == "TorchFlat" and stage == "add":
         return 4 * n * d + (4 * n * d + 4 * n if metric == "l2" else 0) + RUNTIME_ALLOWANCE_BYTES
+    if spec == "TorchFlat.bf16" and stage == "add":
+        # TorchFlat's add, plus the bf16 copy x' and, per block of 8192 rows, its float32 residual
+        # and float64 norm passes (1024 rows at a time)
+        scored_d = d + (3 if metric == "l2" else 1)
+        torch_flat = build_model_bytes("TorchFlat", "add", n, d, metric)
+        return torch_flat + 2 * n * scored_d + 14 * min(n, 8192) * d + 16 * 1024 * scored_d
     match = re.fullmatch(r"IVF(\d+),Flat", spec)
     if match is None:
         return None
