@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .gate import MIN_EFFECT
+from .index import EXACT_SPECS
 from .stats import change_points
 from .storage import Run
 
-EXACT_SPECS = ("Flat", "TorchFlat")
 HOVER_FIGURES = (  # extra_info key, label, format; *_bytes are shown in MiB
     ("queries_per_s", "queries/s", "{:,.0f}"), ("vectors_per_s", "vectors/s", "{:,.0f}"),
     ("images_per_s", "images/s", "{:.1f}"), ("gflops", "GFLOP/s", "{:.1f}"), ("recall", "recall@k", "{:.4f}"),
@@ -187,26 +187,26 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def pareto_settings(run: Run) -> dict[tuple[int, int, int], dict[str, list[tuple[float, float, str]]]]:
-    """Approximate search points of `run` per data set and k: (n, d, k) -> spec -> [(queries/s, recall, params)]."""
-    settings: dict[tuple[int, int, int], dict[str, list[tuple[float, float, str]]]] = {}
+def pareto_settings(run: Run) -> dict[tuple[str, int, int, int], dict[str, list[tuple[float, float, str]]]]:
+    """Approximate search points of `run` per data set and k: (data set, n, d, k) -> spec -> [(queries/s, recall, params)]."""
+    settings: dict[tuple[str, int, int, int], dict[str, list[tuple[float, float, str]]]] = {}
     for bench in run.data["benchmarks"]:
         info = bench.get("extra_info") or {}
         if (bench["name"].startswith("test_search[") and info.get("spec") not in EXACT_SPECS
                 and "queries_per_s" in info and "recall" in info):
-            setting = settings.setdefault((info["n"], info["d"], info["k"]), {})
+            setting = settings.setdefault((str(info.get("dataset", "")), info["n"], info["d"], info["k"]), {})
             label = " ".join(f"{key}={value}" for key, value in (info.get("params") or {}).items())
             setting.setdefault(info["spec"], []).append((info["queries_per_s"], info["recall"], label))
     return dict(sorted(settings.items()))
 
 
 def plot_pareto(run: Run, path: Path) -> Path:
-    """Recall vs queries/s of the approximate indexes in `run`, per (n, d, k), with the Pareto frontier."""
+    """Recall vs queries/s of the approximate indexes in `run`, per (data set, n, d, k), with the Pareto frontier."""
     import matplotlib.pyplot as plt
 
     settings = pareto_settings(run)
     figure, axes = plt.subplots(1, max(1, len(settings)), figsize=(5 * max(1, len(settings)), 4), squeeze=False)
-    for axis, ((n, d, k), by_spec) in zip(axes.flat, settings.items()):
+    for axis, ((dataset, n, d, k), by_spec) in zip(axes.flat, settings.items()):
         for spec, points in sorted(by_spec.items()):
             speeds, recalls, _ = zip(*sorted(points))
             axis.plot(speeds, recalls, "o:", label=spec)
@@ -215,7 +215,7 @@ def plot_pareto(run: Run, path: Path) -> Path:
         axis.set_xscale("log")
         axis.set_xlabel("queries/s")
         axis.set_ylabel(f"recall@{k}")
-        axis.set_title(f"n={n} d={d} k={k}", fontsize=9)
+        axis.set_title(f"{dataset} n={n} d={d} k={k}", fontsize=9)
         axis.legend(fontsize=7)
     return _save_figure(figure, path, dpi=90)
 
@@ -295,14 +295,14 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
 
 
 def pareto_figure(run: Run):
-    """Recall vs queries/s of `run`'s approximate indexes, one view per (n, d, k) picked in a dropdown."""
+    """Recall vs queries/s of `run`'s approximate indexes, one view per (data set, n, d, k) picked in a dropdown."""
     import plotly.graph_objects as go
 
     settings = pareto_settings(run)
     if not settings:
         return None
     figure, owners = go.Figure(), []
-    for number, ((n, d, k), by_spec) in enumerate(settings.items()):
+    for number, ((dataset, n, d, k), by_spec) in enumerate(settings.items()):
         for spec, points in sorted(by_spec.items()):
             speeds, recalls, labels = zip(*sorted(points))
             figure.add_trace(go.Scatter(x=speeds, y=recalls, mode="lines+markers", name=spec, visible=number == 0,
@@ -315,14 +315,15 @@ def pareto_figure(run: Run):
                                     name="Pareto frontier", visible=number == 0, hoverinfo="skip",
                                     line={"color": "black", "shape": "vh"}))
         owners.append(number)
-    titles = [f"recall@{k} vs queries/s: n={n} d={d} k={k} (run {run.commit})" for n, d, k in settings]
+    titles = [f"recall@{k} vs queries/s: {dataset} n={n} d={d} k={k} (run {run.commit})"
+              for dataset, n, d, k in settings]
     figure.update_layout(title={"text": titles[0]}, height=480, margin={"t": 110},
                          xaxis={"type": "log", "title": {"text": "queries/s"}},
                          yaxis={"title": {"text": "recall@k"}})
     if len(settings) > 1:
-        buttons = [{"label": f"n={n} d={d} k={k}", "method": "update",
+        buttons = [{"label": f"{dataset} n={n} d={d} k={k}", "method": "update",
                     "args": [{"visible": [owner == number for owner in owners]}, {"title.text": titles[number]}]}
-                   for number, (n, d, k) in enumerate(settings)]
+                   for number, (dataset, n, d, k) in enumerate(settings)]
         figure.update_layout(updatemenus=[{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.12,
                                            "yanchor": "bottom"}])
     return figure
