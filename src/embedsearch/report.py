@@ -173,7 +173,8 @@ def plot_scaling(run: Run, path: Path) -> Path:
     axis.set_xlabel("database vectors n")
     axis.set_ylabel("search median, ms")
     axis.set_title(f"time vs n, run {run.commit} {run.datetime[:19]}", fontsize=9)
-    axis.legend(fontsize=7)
+    if run.suite.get("scaling"):
+        axis.legend(fontsize=7)
     return _save_figure(figure, path, dpi=90)
 
 
