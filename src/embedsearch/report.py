@@ -227,7 +227,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.6, 0.2, 0.2], vertical_spacing=0.06,
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.6, 0.2, 0.2], vertical_spacing=0.1,
                            subplot_titles=("median time, ms (band: IQR of the rounds)", "recall@k / top-1",
                                            "peak MiB (memray)"))
     owners = []  # the benchmark each trace belongs to
@@ -282,7 +282,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
                             row=row, col=1)
     figure.update_xaxes(title_text="run (oldest to newest): commit, date", row=3, col=1)
     # the title (two lines) at the top, the dropdown below it, the plots below that
-    figure.update_layout(height=760, margin={"t": 150}, hovermode="closest",
+    figure.update_layout(height=800, margin={"t": 150}, hovermode="closest",
                          title={"text": _trend_title(names[0], steps), "yref": "container", "y": 0.985,
                                 "yanchor": "top"})
     if len(names) > 1:
