@@ -131,7 +131,7 @@ def plot_stage_trends(runs: list[Run], stage_name: str, names: list[str], steps:
     """One stage's benchmarks in one figure: each median relative to its own median over the runs, steps marked."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, axis = plt.subplots(figsize=(12, 4.5))
     relative_by_run: dict[int, list[float]] = {}
     for name in names:
         points = [(position, run.benchmarks[name]["stats"]["median"]) for position, run in enumerate(runs)
@@ -153,10 +153,11 @@ def plot_stage_trends(runs: list[Run], stage_name: str, names: list[str], steps:
     count = sum(len(steps.get(name, [])) for name in names)
     axis.set_title(f"{stage_name}: {len(names)} benchmarks, {count} change points "
                    f"(▲ slower, ▼ faster)", fontsize=10)
+    axis.set_yscale("log")  # ratios: a halving and a doubling lie equally far from 1
     axis.set_ylabel("median time / the benchmark's median over runs")
     axis.set_xticks(range(1, len(runs) + 1), _run_ticks(runs, "\n"), fontsize=7)
     axis.set_xlabel("run (oldest to newest)")
-    axis.legend(fontsize=7, loc="upper left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     return _save_figure(figure, path, dpi=90)
 
 
