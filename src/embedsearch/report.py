@@ -132,7 +132,7 @@ def plot_stage_trends(runs: list[Run], stage_name: str, names: list[str], steps:
     """One stage's benchmarks in one figure: each median relative to its own median over the runs, steps marked."""
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(9, 4.5))
+    figure, axis = plt.subplots(figsize=(12, 4.5))
     relative_by_run: dict[int, list[float]] = {}
     for name in names:
         points = [(position, run.benchmarks[name]["stats"]["median"]) for position, run in enumerate(runs)
@@ -154,10 +154,11 @@ def plot_stage_trends(runs: list[Run], stage_name: str, names: list[str], steps:
     count = sum(len(steps.get(name, [])) for name in names)
     axis.set_title(f"{stage_name}: {len(names)} benchmarks, {count} change points "
                    f"(▲ slower, ▼ faster)", fontsize=10)
+    axis.set_yscale("log")  # ratios: a halving and a doubling lie equally far from 1
     axis.set_ylabel("median time / the benchmark's median over runs")
     axis.set_xticks(range(1, len(runs) + 1), _run_ticks(runs, "\n"), fontsize=7)
     axis.set_xlabel("run (oldest to newest)")
-    axis.legend(fontsize=7, loc="upper left")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     return _save_figure(figure, path, dpi=90)
 
 
@@ -174,7 +175,8 @@ def plot_scaling(run: Run, path: Path) -> Path:
     axis.set_xlabel("database vectors n")
     axis.set_ylabel("search median, ms")
     axis.set_title(f"time vs n, run {run.commit} {run.datetime[:19]}", fontsize=9)
-    axis.legend(fontsize=7)
+    if run.suite.get("scaling"):
+        axis.legend(fontsize=7)
     return _save_figure(figure, path, dpi=90)
 
 
@@ -227,7 +229,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.6, 0.2, 0.2], vertical_spacing=0.06,
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.6, 0.2, 0.2], vertical_spacing=0.1,
                            subplot_titles=("median time, ms (band: IQR of the rounds)", "recall@k / top-1",
                                            "peak MiB (memray)"))
     owners = []  # the benchmark each trace belongs to
@@ -282,7 +284,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
                             row=row, col=1)
     figure.update_xaxes(title_text="run (oldest to newest): commit, date", row=3, col=1)
     # the title (two lines) at the top, the dropdown below it, the plots below that
-    figure.update_layout(height=760, margin={"t": 150}, hovermode="closest",
+    figure.update_layout(height=800, margin={"t": 150}, hovermode="closest",
                          title={"text": _trend_title(names[0], steps), "yref": "container", "y": 0.985,
                                 "yanchor": "top"})
     if len(names) > 1:
