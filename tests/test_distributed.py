@@ -90,8 +90,8 @@ def test_ivf_shards_share_one_quantizer(ray_cluster):
 def test_search_in_flight_survives_killed_shards(ray_cluster):
     """Kill every shard process while a long search runs: it is retried on the restarted, reloaded shards."""
     rng = np.random.default_rng(1)
-    vectors = rng.standard_normal((20_000, 64), dtype=np.float32)
-    queries = rng.standard_normal((20_000, 64), dtype=np.float32)
+    vectors = rng.standard_normal((40_000, 128), dtype=np.float32)  # seconds of work even on a quiet machine
+    queries = rng.standard_normal((40_000, 128), dtype=np.float32)
     index = build_sharded_index("Flat", vectors, "ip", shards=2)
     try:
         pids = index.shard_pids()
@@ -105,7 +105,7 @@ def test_search_in_flight_survives_killed_shards(ray_cluster):
         search.join()
         assert_same_results(outcome["result"], build_index("Flat", vectors, "ip").search(queries, 5), atol=1e-4)
         assert set(index.shard_pids()).isdisjoint(pids)  # both actors were restarted
-        assert index.shard_sizes() == [10_000, 10_000]
+        assert index.shard_sizes() == [20_000, 20_000]
     finally:
         index.close()
 

@@ -131,7 +131,7 @@ def scaling_exponents(benchmarks: list[dict]) -> list[dict]:
     return fits
 
 
-SCALING_PARAMETERS = ("spec", "d", "k", "nq", "metric", "device", "params", "dataset", "dataset_hash")
+SCALING_PARAMETERS = ("spec", "d", "k", "nq", "metric", "device", "params", "dataset")  # not its hash: it varies with n
 
 
 def scaling_key(bench: dict) -> str:
