@@ -65,14 +65,15 @@ def remove_stale_partials(folder: str | Path) -> list[Path]:
     removed = []
     for partial in Path(folder).glob(f"*{PARTIAL_SUFFIX}"):
         fields = partial.name[:-len(PARTIAL_SUFFIX)].rsplit(".", 3)
-        if len(fields) != 4 or fields[1] != _HOST or not fields[2].isdigit() or _is_running(int(fields[2])):
+        if len(fields) != 4 or fields[1] != _HOST or not fields[2].isdigit() or process_running(int(fields[2])):
             continue
         partial.unlink(missing_ok=True)
         removed.append(partial)
     return removed
 
 
-def _is_running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (any user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

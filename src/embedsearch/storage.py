@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .files import process_running
+
 RUN_NAME = re.compile(r"^(\d{4})_.*\.json$")
 TEMPORARY_PREFIX = ".saving-"  # + writer pid + "-" + random, then ".tmp"
 CLAIM_PREFIX = ".claim-"  # + run number; holds the writer's pid while it saves
@@ -196,17 +198,7 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
                 pid_text = file.read_text().strip()
             except OSError:
                 continue
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+        if pid_text.isdigit() and not process_running(int(pid_text)):
             file.unlink(missing_ok=True)
             removed.append(file)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it runs, under another user
-    return True
