@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from embedsearch import cli
-from embedsearch.ab import ABError, judge, looks, run_pairs, time_verdict
+from embedsearch.ab import ABError, Worker, judge, looks, run_pairs, time_verdict
 from embedsearch.compare import Thresholds
 from embedsearch.stats import PairedEstimate
 
@@ -29,9 +29,21 @@ class FakeWorker:
         self.seconds, self.noise, self.rng = seconds, noise, np.random.default_rng(seed)
         self.replies: list[tuple] = []
         self.commands: list[tuple] = []
+        self.paused = False
+        self.other: FakeWorker | None = None
+        self.timed_with_other_paused: list[bool] = []
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
 
     def send(self, *message) -> None:
+        assert not self.paused, f"{message} sent to a paused worker"
         self.commands.append(message)
+        if message[0] in ("calibrate", "rounds"):
+            self.timed_with_other_paused.append(self.other.paused)
         if message[0] == "calibrate":
             self.replies.append(("calibrated", self.seconds * 2, 2, False))
         elif message[0] == "rounds":
@@ -43,6 +55,7 @@ class FakeWorker:
 
 def paired_run(head_seconds: float, noise: float, seed: int):
     workers = {"base": FakeWorker(1e-3, noise, seed), "head": FakeWorker(head_seconds, noise, seed + 1)}
+    workers["base"].other, workers["head"].other = workers["head"], workers["base"]
     benchmark = run_pairs(workers, "perf/bench_x.py::test_x", random.Random(seed), pairs=10, max_pairs=40,
                           min_effect=0.05, alpha=0.05 / 40 / 3)
     return benchmark, workers
@@ -57,6 +70,36 @@ def test_lockstep_pairs_come_in_blocks_of_both_orders_with_equal_iterations():
     assert firsts[:2] != firsts[2:4] or firsts[2:4] != firsts[4:6]  # the blocks' order is random
     assert all(command == ("rounds", 2, 20) for worker in workers.values() for command in worker.commands[1:-1])
     assert [worker.commands[-1] for worker in workers.values()] == [("done",), ("done",)]
+
+
+def test_only_the_timed_side_runs_and_both_resume_at_the_end():
+    benchmark, workers = paired_run(1e-3, 0.01, seed=3)
+    for worker in workers.values():
+        assert len(worker.timed_with_other_paused) == 1 + len(benchmark.pairs)  # calibration, then one batch per pair
+        assert all(worker.timed_with_other_paused)
+        assert not worker.paused
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_paused_worker_is_stopped_with_its_children_and_stop_still_ends_it():
+    worker = object.__new__(Worker)  # the process handling of a worker, without a pytest run behind it
+    worker.connection = None
+    worker.process = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], process_group=0)
+    time.sleep(0.3)
+    child = int(subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True).stdout.split()[0])
+    worker.pause()
+    time.sleep(0.3)
+    assert process_state(worker.process.pid) == "T" and process_state(child) == "T"
+    worker.resume()
+    time.sleep(0.3)
+    assert process_state(worker.process.pid) == "S" and process_state(child) == "S"
+    worker.pause()
+    worker.stop()  # resumes, then SIGTERM: a stopped process would never act on it
+    assert worker.process.returncode is not None
 
 
 def test_sequential_pairs_stop_early_when_clear_and_extend_for_suspects():

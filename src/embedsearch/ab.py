@@ -34,6 +34,7 @@ import os
 import queue
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -206,7 +207,23 @@ class Worker:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return text[-characters:]
 
+    def pause(self) -> None:
+        """Stop the worker's process group (SIGSTOP): its idle threads (OpenMP, OpenBLAS spin for up to
+        ~0.1 s after a call) and child processes cannot take the CPU from the other side's rounds."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, number)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
+        self.resume()  # a stopped process cannot act on SIGTERM
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, 15)
@@ -279,11 +296,31 @@ def agree_on_plan(base: Worker, head: Worker, only: list[str] | None = None) -> 
 
 def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs: int, max_pairs: int,
               min_effect: float, alpha: float) -> PairedBenchmark:
-    """Calibrate both sides, then alternate batches of rounds in random order until the verdict is clear."""
+    """Calibrate both sides, then alternate batches of rounds in random order until the verdict is clear.
+
+    Only the side being timed is runnable: the other is paused (SIGSTOP) between its batches."""
+    try:
+        return paired_rounds(workers, nodeid, rng, pairs, max_pairs, min_effect, alpha)
+    finally:
+        for worker in workers.values():
+            worker.resume()
+
+
+def exchange(workers: dict[str, Worker], role: str, *command) -> tuple:
+    """Send `command` to `role`'s worker with the other side paused; its reply."""
+    for other, worker in workers.items():
+        if other != role:
+            worker.pause()
+    workers[role].resume()
+    workers[role].send(*command)
+    return workers[role].receive()
+
+
+def paired_rounds(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs: int, max_pairs: int,
+                  min_effect: float, alpha: float) -> PairedBenchmark:
     calibration = {}
     for role in rng.sample(["base", "head"], 2):
-        workers[role].send("calibrate")
-        _, seconds, iterations, fixed = workers[role].receive()
+        _, seconds, iterations, fixed = exchange(workers, role, "calibrate")
         calibration[role] = (seconds / iterations, iterations, fixed)
     shared = max(iterations for _, iterations, _ in calibration.values())
     iterations = {role: own if fixed else shared for role, (_, own, fixed) in calibration.items()}
@@ -295,8 +332,7 @@ def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs
             for first in rng.sample(["base", "head"], 2):  # a block of two pairs, one in each order
                 pair = {"first": first}
                 for role in (first, "head" if first == "base" else "base"):
-                    workers[role].send("rounds", iterations[role], benchmark.rounds_per_batch)
-                    pair[role] = workers[role].receive()[1]
+                    pair[role] = exchange(workers, role, "rounds", iterations[role], benchmark.rounds_per_batch)[1]
                 benchmark.pairs.append(pair)
         found = estimate(benchmark, alpha)
         # Only a possible regression earns more pairs: leaning slower by half the minimum effect, not yet proven.
@@ -305,6 +341,7 @@ def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs
             break
         target = min(2 * target, max_pairs)
     for worker in workers.values():
+        worker.resume()
         worker.send("done")
     return benchmark
 
