@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("smoke", "default", "full")
+TIERS = ("smoke", "pr", "default", "full")  # perf/tiers.py defines each
 DEVICES = ("cpu", "cuda")
 
 
@@ -22,7 +22,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--benchmark", action="store_true",
                     help="time the perf/ suite (default grid, saved run); without it each benchmark runs once")
     group.addoption("--perf-tier", choices=TIERS, default=None,
-                    help="grid size: smoke (seconds), default (<= 5 min on 2 cores), full (the study's scale); "
+                    help="grid size: smoke (seconds), pr (smoke without the Ray Data embedding: embedsearch ab's tier), default (<= 5 min on 2 cores), full (the study's scale); "
                          "default: 'default' with --benchmark, else 'smoke'")
     group.addoption("--perf-device", default="cpu",
                     help="comma-separated devices to include, from cpu,cuda (cuda skips cleanly without a GPU)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from embedsearch.index import BF16_SPEC, TORCH_SPEC
 
@@ -162,19 +162,23 @@ def knn_grid(shape: tuple[int, int, int, int], ks: list[int]) -> list[KnnCase]:
     return [KnnCase(*shape, k, vote) for k in ks for vote in ("majority", "weighted")]
 
 
+SMOKE = Tier(
+    embed=[EmbedCase("test_vit", 8), EmbedCase("test_vit", 8, "bf16")],
+    build=build_grid([(5_000, 64)]),
+    search=search_grid([(5_000, 64)], [10], nq=200),
+    brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in BRUTE_FORCE_SPECS],
+    knn=knn_grid((5_000, 500, 64, 20), [10]),
+    leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted", spec=spec) for spec in ("Flat", BF16_SPEC)],
+    end_to_end=[dict(model="efficientnet_lite0", image_size=32, k=10, rounds=1)],
+    scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
+    distributed_search=distributed_grid(5_000, 64, nq=200, workers=[1, 2]),
+    distributed_embed=[DistributedEmbedCase("test_vit", 16, workers) for workers in (1, 2)],
+)
 TIERS: dict[str, Tier] = {
-    "smoke": Tier(
-        embed=[EmbedCase("test_vit", 8), EmbedCase("test_vit", 8, "bf16")],
-        build=build_grid([(5_000, 64)]),
-        search=search_grid([(5_000, 64)], [10], nq=200),
-        brute_force=[SearchCase(IndexCase(spec, 5_000, 64), 10, 200) for spec in BRUTE_FORCE_SPECS],
-        knn=knn_grid((5_000, 500, 64, 20), [10]),
-        leave_one_out=[KnnCase(5_000, 0, 64, 20, 10, "weighted", spec=spec) for spec in ("Flat", BF16_SPEC)],
-        end_to_end=[dict(model="efficientnet_lite0", image_size=32, k=10, rounds=1)],
-        scaling=scaling_grid([2_500, 5_000, 10_000, 20_000], 64, nq=200, nlist=64, nprobe=8),
-        distributed_search=distributed_grid(5_000, 64, nq=200, workers=[1, 2]),
-        distributed_embed=[DistributedEmbedCase("test_vit", 16, workers) for workers in (1, 2)],
-    ),
+    "smoke": SMOKE,
+    # The pull-request gate's tier (`embedsearch ab`): smoke without the Ray Data embedding, whose
+    # rounds of 16 images take 4-6 s, mostly Ray Data's start-up (README: "The A/B gate").
+    "pr": replace(SMOKE, distributed_embed=[]),
     "default": Tier(
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32),
                EmbedCase("vit_small_patch16_224.dino", 32, "bf16")],
@@ -209,7 +213,7 @@ TIERS: dict[str, Tier] = {
 }
 
 
-FILE_MAX_N = {"smoke": 10_000, "default": 1_000_000, "full": None}  # database rows a --perf-data file may use
+FILE_MAX_N = {"smoke": 10_000, "pr": 10_000, "default": 1_000_000, "full": None}  # database rows a --perf-data file may use
 FILE_SCALING_MIN_N = 1_000
 
 

@@ -1,6 +1,6 @@
 """Measure a regression gate on this machine: false alarms on unchanged code, detection of planted slowdowns.
 
-    python tools/measure_gate.py ab --runs 20 --slowdowns 0.05 0.10 -- --perf-tier smoke
+    python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
 
 A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/harness.py busy-waits that fraction
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import ABResult, estimate, run_ab, time_verdict
+from embedsearch.ab import ABResult, estimate, run_ab, time_verdict, write_record
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
 
@@ -95,6 +95,7 @@ def measure_ab(args: argparse.Namespace) -> None:
                    "first_pass_slower": sorted(c.name for c in result.report.comparisons if c.verdict == "slower"),
                    "rejudged": {str(effect): sorted(rejudged_alarms(result, effect)) for effect in args.rejudge}}
             record["rows"][str(slowdown)].append(row)
+            write_record(result, folder / f"run-{index + 1:02d}-slowdown-{slowdown:.2f}.json")  # every pair
             print(f"run {index + 1}/{args.runs} slowdown {slowdown:.2f}: {len(row['alarms'])} alarm(s), "
                   f"{len(row['caught'])}/{len(slowed)} slowed caught, {result.seconds:.0f} s; "
                   f"{(time.time() - started) / 60:.1f} min", flush=True)
