@@ -108,6 +108,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json["embedsearch"] = {
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
         "devices": config.getoption("perf_devices"),
+        "data_files": [str(Path(path).resolve()) for path in config.getoption("perf_data")],  # the gate's rerun
         "planted_slowdown": planted_slowdown(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "faiss_gpus": faiss.get_num_gpus(),

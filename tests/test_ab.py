@@ -14,7 +14,7 @@ import pytest
 
 from embedsearch import cli
 from embedsearch.ab import ABError, Worker, judge, looks, run_pairs, time_verdict
-from embedsearch.compare import Thresholds
+from embedsearch.compare import Thresholds, format_report
 from embedsearch.stats import PairedEstimate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,8 @@ def test_time_verdict_needs_the_bound_and_the_minimum_effect(estimate, verdict):
     assert time_verdict(estimate, 0.05) == verdict
 
 
-def test_a_slower_first_pass_is_a_regression_only_when_fresh_workers_confirm_it():
-    from embedsearch.ab import PairedBenchmark, Session, Side
+def test_a_slower_first_pass_is_a_regression_only_when_every_confirmation_pass_finds_it_again():
+    from embedsearch.ab import CONFIRMATIONS, PairedBenchmark, Session, Side
     from saved_runs import make_run
 
     def paired(name: str, ratio: float) -> PairedBenchmark:
@@ -131,13 +131,28 @@ def test_a_slower_first_pass_is_a_regression_only_when_fresh_workers_confirm_it(
             {"first": first, "base": [1e-3], "head": [ratio * 1e-3 * (1 + 0.002 * (-1) ** i)]}
             for i in range(10) for first in ("base", "head")])
 
-    runs = {role: make_run({"x": ([1.0], {}), "y": ([1.0], {})}) for role in ("base", "head")}
-    first = Session([paired("perf/b.py::x", 1.2), paired("perf/b.py::y", 1.2)], [], [], [], runs)
-    confirmation = Session([paired("perf/b.py::x", 1.2), paired("perf/b.py::y", 1.0)], [], [], [], runs)
+    def session(ratios: dict[str, float]) -> Session:
+        return Session([paired(f"perf/b.py::{name}", ratio) for name, ratio in ratios.items()], [], [], [], runs, 1e-3)
+
+    assert CONFIRMATIONS == 2
+    runs = {role: make_run({name: ([1.0], {}) for name in "xyz"}) for role in ("base", "head")}
+    first = session({"x": 1.2, "y": 1.2, "z": 1.2})
+    confirmations = [session({"x": 1.2, "y": 1.0, "z": 1.2}), session({"x": 1.2, "z": 1.0})]
     sides = [Side(role, role, role * 10, Path(".")) for role in ("base", "head")]
-    report = judge(*sides, first, confirmation, 0.05, 1e-3, Thresholds())
-    verdicts = {c.name: (c.verdict, c.rerun.verdict, c.regression) for c in report.comparisons}
-    assert verdicts == {"perf/b.py::x": ("slower", "slower", True), "perf/b.py::y": ("slower", "same", False)}
+    report = judge(*sides, first, confirmations, 0.05, Thresholds())
+
+    def chain(comparison):
+        verdicts = [comparison.verdict]
+        while comparison.rerun is not None:
+            comparison = comparison.rerun
+            verdicts.append(comparison.verdict)
+        return verdicts
+
+    verdicts = {c.name: (chain(c), c.regression) for c in report.comparisons}
+    assert verdicts == {"perf/b.py::x": (["slower", "slower", "slower"], True),
+                        "perf/b.py::y": (["slower", "same"], False),
+                        "perf/b.py::z": (["slower", "slower", "same"], False)}
+    assert "rerun 1.200" in format_report(report) and "-> REGRESSION" in format_report(report)
 
 
 def test_judge_flags_a_test_failing_on_head_only():
@@ -148,7 +163,7 @@ def test_judge_flags_a_test_failing_on_head_only():
     head = Side("head", "b", "2" * 40, Path("."), outcomes={"t::x": "failed in call: assert 0.5 == 1.0",
                                                               "t::y": "failed in call: boom"})
     runs = {"base": make_run({"x": ([1.0], {"recall": 1.0})}), "head": make_run({"x": ([1.0], {"recall": 0.5})})}
-    report = judge(base, head, Session([], [], [], [], runs), None, 0.05, 0.01, Thresholds())
+    report = judge(base, head, Session([], [], [], [], runs, 0.01), [], 0.05, Thresholds())
     assert sorted((c.name, c.metric) for c in report.regressions) == [("t::x", "test"), ("x", "recall")]
     assert any("t::y: base failed in call, head failed in call" in note for note in report.notes)
 

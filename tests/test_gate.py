@@ -87,6 +87,29 @@ def test_the_rerun_runs_only_the_checkout_never_a_folder_named_in_the_file(tmp_p
     assert [c.name for c in report.regressions] == ["a", "b"]
 
 
+def test_the_rerun_measures_the_runs_own_data_files_and_refuses_when_one_is_gone(tmp_path, monkeypatch):
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "bench_x.py").write_text("")
+    vectors = tmp_path / "vectors.npy"
+    vectors.write_bytes(b"")
+    run = make_run({"a": (noisy(1.0), {})})
+    run.data["embedsearch"]["data_files"] = [str(vectors)]
+    commands = []
+
+    def fake_pytest(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 3, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pytest)
+    with pytest.raises(RuntimeError, match="exit 3"):
+        rerun_suite(run, ["a"], tmp_path)
+    assert f"--perf-data={vectors}" in commands[0] and commands[0][-1] == "perf/bench_x.py::a"
+    vectors.unlink()
+    with pytest.raises(RuntimeError, match=f"--perf-data file\\(s\\) {vectors} no longer exist"):
+        rerun_suite(run, ["a"], tmp_path)
+    assert len(commands) == 1
+
+
 def test_repeat_on_doubt_keeps_only_confirmed_slowdowns():
     base = make_run({"a": (noisy(1.0, seed=1), {}), "b": (noisy(1.0, seed=2), {})})
     current = make_run({"a": (noisy(1.3, seed=3), {}), "b": (noisy(1.3, seed=4), {})})

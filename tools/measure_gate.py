@@ -57,19 +57,25 @@ def slowed_names(result: ABResult) -> list[str]:
 
 
 def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
-    """Benchmarks the same pairs would call slower, and confirm, at another minimum effect.
+    """Benchmarks the same pairs would call slower, and confirm in every pass, at another minimum effect.
 
-    Approximate: the sequential pairs and the confirmation pass ran for the gate's own minimum
+    Approximate: the sequential pairs and the confirmation passes ran for the gate's own minimum
     effect, so a benchmark the gate did not suspect has no confirmation pairs to judge.
     """
-    alpha = result.settings["alpha_per_look"]
-    confirmed = {b.name: b for b in result.confirmations}
+    first_alpha = result.settings["alpha_per_look"]
+    passes = [{b.name: b for b in paired} for paired in result.confirmations]
 
-    def slower(benchmark) -> bool:
+    def slower(benchmark, alpha: float) -> bool:
         return time_verdict(estimate(benchmark, alpha), min_effect) == "slower"
 
+    def confirmed(name: str) -> bool:
+        # each pass is tested at ALPHA / (its benchmarks x looks), as the gate did
+        return len(passes) == result.settings["confirmations"] and all(
+            name in paired and slower(paired[name], first_alpha * len(result.benchmarks) / len(paired))
+            for paired in passes)
+
     return {b.name.split("::")[-1] for b in result.benchmarks  # the node id's last part is the benchmark's name
-            if slower(b) and b.name in confirmed and slower(confirmed[b.name])}
+            if slower(b, first_alpha) and confirmed(b.name)}
 
 
 def measure_ab(args: argparse.Namespace) -> None:

@@ -15,12 +15,16 @@ benchmarking, Chromium Pinpoint):
    crossover estimate over both orders and its Student-t bound (`stats.crossover_estimate`),
    sequentially: `pairs` pairs, then twice and four times as many for suspects (leaning slower
    by half the minimum effect, not yet proven), up to `max_pairs`. Every look of every
-   benchmark is tested at ALPHA / (benchmarks x looks) (Bonferroni), so a whole run stays within
-   a false-alarm rate of ALPHA whatever the dependence between tests. A regression needs the
-   bound above 1 and the ratio above 1 + min_effect, and then the same again in a second pass
-   by fresh workers of both sides: a pair of processes can differ by a few percent for its
-   whole life (memory layout, alignment), which pairs between the same two processes cannot
-   reveal.
+   benchmark is tested at ALPHA / (benchmarks x looks) (Bonferroni), so the pair-to-pair noise
+   of a whole pass stays within a false-alarm rate of ALPHA whatever the dependence between
+   tests. A regression needs the bound above 1 and the ratio above 1 + min_effect, and then the
+   same again in each of CONFIRMATIONS passes by fresh workers of both sides (each pass tested
+   at ALPHA / (its benchmarks x looks)). Pairs between the same two processes cannot reveal
+   that the two processes differ for their whole life, and they do: in A/A runs here a
+   benchmark's ratio between two fresh pairs of workers moved by up to 16% (a FAISS Flat search,
+   first pass 1.16, confirmation 1.00). Assumed: those process offsets are independent between
+   passes, so a benchmark whose offset passes the minimum effect with probability q raises a
+   false alarm with probability q^(1 + CONFIRMATIONS).
 4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
    sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
    side only is a regression.
@@ -55,6 +59,7 @@ ALPHA = 0.05  # family-wise false-alarm rate of one gate run
 MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
 PAIRS = 10  # pairs at the first look; suspects get 2x and 4x as many, up to MAX_PAIRS
 MAX_PAIRS = 40
+CONFIRMATIONS = 2  # passes of fresh workers that must each find a first-pass slowdown again
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
 LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
 START_SECONDS = 600  # a worker that has not connected by then is reported as hung
@@ -99,7 +104,7 @@ class ABResult:
     head: Side
     report: GateReport
     benchmarks: list[PairedBenchmark]
-    confirmations: list[PairedBenchmark]  # the second pass's pairs, fresh workers, suspects only
+    confirmations: list[list[PairedBenchmark]]  # each confirmation pass's pairs: fresh workers, suspects only
     added: list[str]
     removed: list[str]
     seconds: float
@@ -374,14 +379,14 @@ class Session:
     added: list[str]
     removed: list[str]
     runs: dict[str, Run]
+    alpha: float  # each look's level in this pass
 
 
 def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Random, pairs: int, max_pairs: int,
-                min_effect: float, alpha: float | None, head_environment: dict[str, str], log,
-                only: list[str] | None = None) -> tuple[Session, float]:
+                min_effect: float, head_environment: dict[str, str], log, only: list[str] | None = None) -> Session:
     """Start one worker per side, agree on the plan (`only` restricts it), pair every shared benchmark.
 
-    Returns the session and the per-look alpha used (computed from the plan when `alpha` is None).
+    Each look is tested at ALPHA / (benchmarks in the plan x looks).
     """
     with tempfile.TemporaryDirectory(prefix="embedsearch-ab-") as folder:
         authkey = secrets.token_bytes(16)
@@ -396,10 +401,9 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
                 raise ABError(f"both sides import embedsearch from {base.imported_from}, but their commits differ "
                               f"({base.commit[:10]} and {head.commit[:10]}): the comparison would time one code twice")
             plan, added, removed = agree_on_plan(workers["base"], workers["head"], only)
-            if alpha is None:
-                alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
-                log(f"{len(plan)} benchmarks in common; each look tested at alpha = {ALPHA} / ({len(plan)} x "
-                    f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
+            alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
+            log(f"{len(plan)} benchmarks in the plan; each look tested at alpha = {ALPHA} / ({len(plan)} x "
+                f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
             paired = []
             for position, nodeid in enumerate(plan, 1):
                 messages = {role: worker.receive() for role, worker in workers.items()}
@@ -427,7 +431,7 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
             for worker in workers.values():
                 worker.stop()
             listener.close()
-    return Session(paired, plan, added, removed, runs), alpha
+    return Session(paired, plan, added, removed, runs, alpha)
 
 
 def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
@@ -436,10 +440,10 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
            head_environment: dict[str, str] | None = None, log=print) -> ABResult:
     """Run both revisions' suites in lockstep and judge every benchmark they share.
 
-    A benchmark judged slower is timed again in a second pass, by fresh workers of both sides,
-    and stays a regression only if that pass finds it slower too: a pair of processes can differ
-    by a few percent for its whole life (memory layout, alignment), which no number of pairs
-    between the same two processes reveals. `head_environment` is added to the head workers'
+    A benchmark judged slower is timed again in up to CONFIRMATIONS passes, each by fresh workers
+    of both sides, and stays a regression only if every pass finds it slower too: a pair of
+    processes can differ by several percent for its whole life, which no number of pairs between
+    the same two processes reveals. `head_environment` is added to the head workers'
     environment only (tools/measure_gate.py plants a slowdown with it). Both sides' first-pass
     runs are saved as ordinary pytest-benchmark runs under `storage`.
     """
@@ -456,32 +460,38 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                      "run with the packages installed here")
     seed = secrets.randbits(32) if seed is None else seed
     rng = random.Random(seed)
-    first, alpha = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, None,
-                               head_environment or {}, log)
+    first = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, head_environment or {}, log)
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
-    suspects = [b.name for b in first.paired if time_verdict(estimate(b, alpha), min_effect) == "slower"]
-    confirmation = None
-    if suspects:
-        log(f"confirming {len(suspects)} slower benchmark(s) with fresh workers")
-        confirmation, _ = run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, pairs, max_pairs,
-                                      min_effect, alpha, head_environment or {}, log, only=suspects)
+    confirmations: list[Session] = []
+    suspects = slower_names(first, min_effect)
+    while suspects and len(confirmations) < CONFIRMATIONS:
+        log(f"confirmation {len(confirmations) + 1} of {CONFIRMATIONS}: {len(suspects)} slower benchmark(s), "
+            f"fresh workers")
+        confirmations.append(run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, pairs, max_pairs,
+                                         min_effect, head_environment or {}, log, only=suspects))
+        suspects = slower_names(confirmations[-1], min_effect)
     saved = []
     if storage is not None:
         for role, run in first.runs.items():
             side = base if role == "base" else head
             saved.append(save_run(run.data, storage, f"ab-{role}-{side.commit[:10]}"))
-    report = judge(base, head, first, confirmation, min_effect, alpha, thresholds)
+    report = judge(base, head, first, confirmations, min_effect, thresholds)
     report.notes = notes + report.notes
     for nodeid in first.added:
         report.notes.append(f"{nodeid}: added in head, not compared")
     for nodeid in first.removed:
         report.notes.append(f"{nodeid}: removed in head, not compared")
-    settings = {"alpha": ALPHA, "alpha_per_look": alpha, "min_effect": min_effect, "pairs": pairs,
-                "max_pairs": max_pairs, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
+    settings = {"alpha": ALPHA, "alpha_per_look": first.alpha, "min_effect": min_effect, "pairs": pairs,
+                "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
                 "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
-    return ABResult(base, head, report, first.paired, confirmation.paired if confirmation else [], first.added,
+    return ABResult(base, head, report, first.paired, [session.paired for session in confirmations], first.added,
                     first.removed, time.perf_counter() - started, saved, settings)
+
+
+def slower_names(session: Session, min_effect: float) -> list[str]:
+    """The benchmarks a pass judged slower."""
+    return [b.name for b in session.paired if time_verdict(estimate(b, session.alpha), min_effect) == "slower"]
 
 
 def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
@@ -489,20 +499,24 @@ def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
     return crossover_estimate(*benchmark.log_ratios_by_order(), alpha)
 
 
-def judge(base: Side, head: Side, first: Session, confirmation: Session | None, min_effect: float, alpha: float,
+def judge(base: Side, head: Side, first: Session, confirmations: list[Session], min_effect: float,
           thresholds: Thresholds) -> GateReport:
-    """The verdicts: time from the pairs (confirmed by the second pass), figures from both runs, one-sided failures."""
+    """The verdicts: time from the pairs (a slower verdict chained through the confirmation passes as
+    `Comparison.rerun`), figures from both runs, one-sided failures."""
     report = GateReport([])
     runs = first.runs
     names = {bench["fullname"]: bench["name"] for run in runs.values() for bench in run.data["benchmarks"]}
-    confirmed = {b.name: b for b in confirmation.paired} if confirmation else {}
     for benchmark in first.paired:
-        comparison = time_comparison(names.get(benchmark.name, benchmark.name), benchmark, alpha, min_effect)
-        if comparison.verdict == "slower":
-            again = confirmed.get(benchmark.name)
-            comparison.rerun = (time_comparison(comparison.name, again, alpha, min_effect) if again is not None else
-                                Comparison(comparison.name, "time", math.nan, math.nan, math.nan,
-                                           verdict="not timed in the confirmation pass"))
+        comparison = time_comparison(names.get(benchmark.name, benchmark.name), benchmark, first.alpha, min_effect)
+        latest = comparison
+        for number, session in enumerate(confirmations, 1):
+            if latest.verdict != "slower":
+                break
+            again = {b.name: b for b in session.paired}.get(benchmark.name)
+            latest.rerun = (time_comparison(comparison.name, again, session.alpha, min_effect) if again is not None
+                            else Comparison(comparison.name, "time", math.nan, math.nan, math.nan,
+                                            verdict=f"not timed in confirmation pass {number}"))
+            latest = latest.rerun
         report.comparisons.append(comparison)
     base_benchmarks, head_benchmarks = runs["base"].benchmarks, runs["head"].benchmarks
     for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
@@ -562,16 +576,23 @@ def result_record(result: ABResult) -> dict:
         "settings": result.settings, "seconds": result.seconds, "saved_runs": [str(path) for path in result.saved],
         "added": result.added, "removed": result.removed,
         "benchmarks": [paired_record(b) for b in result.benchmarks],
-        "confirmations": [paired_record(b) for b in result.confirmations],  # second pass, fresh workers
+        "confirmations": [[paired_record(b) for b in passed] for passed in result.confirmations],  # fresh workers
         "comparisons": [{"name": c.name, "metric": c.metric, "base": c.baseline, "head": c.current, "ratio": c.ratio,
                          "low": c.low, "high": c.high, "pairs": c.pairs, "verdict": c.verdict,
-                         "regression": c.regression,
-                         "confirmation": None if c.rerun is None else {"ratio": c.rerun.ratio, "low": c.rerun.low,
-                                                                       "high": c.rerun.high, "pairs": c.rerun.pairs,
-                                                                       "verdict": c.rerun.verdict}}
+                         "regression": c.regression, "confirmations": confirmation_records(c)}
                         for c in result.report.comparisons],
         "notes": result.report.notes,
     }
+
+
+def confirmation_records(comparison: Comparison) -> list[dict]:
+    """The confirmation passes' verdicts on one comparison, in order."""
+    records, again = [], comparison.rerun
+    while again is not None:
+        records.append({"ratio": again.ratio, "low": again.low, "high": again.high, "pairs": again.pairs,
+                        "verdict": again.verdict})
+        again = again.rerun
+    return records
 
 
 def paired_record(benchmark: PairedBenchmark) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -98,15 +99,11 @@ def gate_command(args: argparse.Namespace) -> int:
     baseline, current = latest_run(args.baseline), latest_run(args.run)
     print(f"baseline: {baseline.label} ({baseline.commit}, {baseline.datetime[:19]})")
     print(f"current:  {current.label} ({current.commit}, {current.datetime[:19]})")
-    rerun = None
-    checkout = checkout_root(Path.cwd())
-    if not args.no_rerun:
-        if checkout is None:
-            print(f"note: no checkout of the suite (perf/conftest.py) at or above {Path.cwd()}: "
-                  f"suspects are judged on the stored rounds")
-        else:
-            def rerun(run, names):
-                return rerun_suite(run, names, checkout)
+    checkout = None if args.no_rerun else checkout_root(Path.cwd())
+    if not args.no_rerun and checkout is None:
+        print(f"note: no checkout of the suite (perf/conftest.py) at or above {Path.cwd()}: "
+              f"suspects are judged on the stored rounds")
+    rerun = None if checkout is None else functools.partial(rerun_suite, checkout=checkout)
     report = gate(baseline, current, args.min_effect, rerun=rerun)
     print(format_report(report, show_all=args.all))
     return 1 if report.regressions else 0

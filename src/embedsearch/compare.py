@@ -139,7 +139,11 @@ def format_report(report: GateReport, show_all: bool = False, base_title: str = 
         interval = f"[{c.low:.3f}, {c.high:.3f}]" if c.low is not None else ""
         verdict = c.verdict
         if c.rerun is not None:
-            verdict += f"; rerun {c.rerun.ratio:.3f} [{c.rerun.low:.3f}, {c.rerun.high:.3f}] {c.rerun.verdict}"
+            again = c.rerun
+            while again is not None:
+                verdict += (f"; rerun {again.ratio:.3f} [{again.low:.3f}, {again.high:.3f}] {again.verdict}"
+                            if again.low is not None else f"; {again.verdict}")
+                again = again.rerun
             verdict += " -> REGRESSION" if c.regression else " -> not confirmed"
         elif c.regression:
             verdict += " -> REGRESSION"

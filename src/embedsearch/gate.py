@@ -109,22 +109,27 @@ def confirm_suspects(report: GateReport, baseline: Run, rerun: Run, min_effect: 
 
 
 def rerun_suite(run: Run, names: list[str], checkout: Path) -> Run:
-    """Run the named benchmarks again, timed, in `checkout` with the run's tier, threads and devices.
+    """Run the named benchmarks again, timed, in `checkout` with the run's tier, threads, devices and data files.
 
     The code that runs is always the checkout's: a stored file never chooses where code runs.
-    Raises RuntimeError when none of the benchmarks exists in the checkout, or pytest fails.
+    Raises RuntimeError when none of the benchmarks exists in the checkout, a --perf-data file of
+    the run is gone, or pytest fails.
     """
     suite = run.suite
     fullnames = [bench["fullname"] for bench in run.data["benchmarks"]
                  if bench["name"] in names and (checkout / bench["fullname"].split("::")[0]).is_file()]
     if not fullnames:
         raise RuntimeError(f"none of the {len(names)} suspect benchmark(s) exists in the checkout {checkout}")
+    data_files = suite.get("data_files", [])
+    missing = [path for path in data_files if not Path(path).is_file()]
+    if missing:
+        raise RuntimeError(f"the run's --perf-data file(s) {', '.join(missing)} no longer exist")
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "rerun.json"
         command = [sys.executable, "-m", "pytest", "--benchmark", "--no-perf-memory", "-q", "-p", "no:cacheprovider",
                    f"--perf-tier={suite.get('tier', 'default')}", f"--perf-threads={suite.get('threads', 1)}",
                    f"--perf-device={','.join(suite.get('devices', ['cpu']))}", f"--benchmark-json={output}",
-                   *fullnames]
+                   *(f"--perf-data={path}" for path in data_files), *fullnames]
         completed = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
         if completed.returncode != 0 or not output.exists():
             raise RuntimeError(f"rerunning {len(fullnames)} benchmark(s) failed (exit {completed.returncode}):\n"
