@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from embedsearch import cli
-from embedsearch.ab import ABError, Worker, judge, looks, run_pairs, time_verdict
+from embedsearch.ab import ABError, Worker, estimate, judge, looks, run_pairs, time_verdict
 from embedsearch.compare import Thresholds, format_report
 from embedsearch.stats import PairedEstimate
 
@@ -25,8 +25,9 @@ SMALL = ["--perf-tier=smoke", "--no-perf-memory", "--perf-threads=1", "-k", "tes
 class FakeWorker:
     """A worker whose rounds take `seconds` per iteration times log-normal noise: answers the lockstep protocol."""
 
-    def __init__(self, seconds: float, noise: float, seed: int):
+    def __init__(self, seconds: float, noise: float, seed: int, cold_batches: int = 0):
         self.seconds, self.noise, self.rng = seconds, noise, np.random.default_rng(seed)
+        self.cold_batches = cold_batches  # the first batches take 5x as long: caches and pages still cold
         self.replies: list[tuple] = []
         self.commands: list[tuple] = []
         self.paused = False
@@ -47,14 +48,17 @@ class FakeWorker:
         if message[0] == "calibrate":
             self.replies.append(("calibrated", self.seconds * 2, 2, False))
         elif message[0] == "rounds":
-            self.replies.append(("times", list(self.seconds * np.exp(self.rng.normal(0, self.noise, message[2])))))
+            cold = 5 if self.cold_batches > 0 else 1
+            self.cold_batches -= 1
+            self.replies.append(("times", list(cold * self.seconds * np.exp(self.rng.normal(0, self.noise, message[2])))))
 
     def receive(self) -> tuple:
         return self.replies.pop(0)
 
 
-def paired_run(head_seconds: float, noise: float, seed: int):
-    workers = {"base": FakeWorker(1e-3, noise, seed), "head": FakeWorker(head_seconds, noise, seed + 1)}
+def paired_run(head_seconds: float, noise: float, seed: int, head_cold_batches: int = 0):
+    workers = {"base": FakeWorker(1e-3, noise, seed),
+               "head": FakeWorker(head_seconds, noise, seed + 1, cold_batches=head_cold_batches)}
     workers["base"].other, workers["head"].other = workers["head"], workers["base"]
     benchmark = run_pairs(workers, "perf/bench_x.py::test_x", random.Random(seed), pairs=10, max_pairs=40,
                           min_effect=0.05, alpha=0.05 / 40 / 3)
@@ -67,15 +71,24 @@ def test_lockstep_pairs_come_in_blocks_of_both_orders_with_equal_iterations():
     assert benchmark.rounds_per_batch == 20  # 0.04 s batches of 2 ms rounds
     firsts = [pair["first"] for pair in benchmark.pairs]
     assert all({firsts[i], firsts[i + 1]} == {"base", "head"} for i in range(0, len(firsts), 2))
-    assert firsts[:2] != firsts[2:4] or firsts[2:4] != firsts[4:6]  # the blocks' order is random
+    assert len({tuple(firsts[i:i + 2]) for i in range(0, len(firsts), 2)}) == 2  # the blocks' order is random
     assert all(command == ("rounds", 2, 20) for worker in workers.values() for command in worker.commands[1:-1])
     assert [worker.commands[-1] for worker in workers.values()] == [("done",), ("done",)]
+
+
+def test_the_warmup_block_is_run_first_and_left_out_of_the_verdict():
+    benchmark, _ = paired_run(1e-3, 0.01, seed=4, head_cold_batches=2)
+    assert len(benchmark.warmup) == 2 and {pair["first"] for pair in benchmark.warmup} == {"base", "head"}
+    assert all(np.median(pair["head"]) > 4e-3 for pair in benchmark.warmup)  # the head's two cold batches
+    assert time_verdict(estimate(benchmark, 0.05 / 40 / 3), 0.05) == "same"
+    assert len(benchmark.pairs) == 10
 
 
 def test_only_the_timed_side_runs_and_both_resume_at_the_end():
     benchmark, workers = paired_run(1e-3, 0.01, seed=3)
     for worker in workers.values():
-        assert len(worker.timed_with_other_paused) == 1 + len(benchmark.pairs)  # calibration, then one batch per pair
+        # calibration, then one batch per pair, warm-up included
+        assert len(worker.timed_with_other_paused) == 1 + len(benchmark.warmup) + len(benchmark.pairs)
         assert all(worker.timed_with_other_paused)
         assert not worker.paused
 
