@@ -93,6 +93,24 @@ def test_only_the_timed_side_runs_and_both_resume_at_the_end():
         assert not worker.paused
 
 
+def test_every_worker_gets_its_own_random_layout_padding(monkeypatch, tmp_path):
+    from embedsearch.ab import LAYOUT_PADDING, Side
+
+    environments = []
+
+    class Recorded:
+        def __init__(self, command, env, **_):
+            environments.append(env)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    side = Side("base", "HEAD", "0" * 40, tmp_path)
+    for _ in range(8):
+        Worker(side, [], tmp_path, "address", b"key", {})
+    lengths = [len(env["EMBEDSEARCH_AB_LAYOUT"]) for env in environments]
+    assert all(0 <= length < LAYOUT_PADDING for length in lengths)
+    assert len(set(lengths)) > 1
+
+
 def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 

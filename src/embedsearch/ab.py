@@ -66,6 +66,7 @@ CONFIRMATIONS = 2  # passes of fresh workers that must each find a first-pass sl
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
 WARMUP_PAIRS = 2  # one block of both orders run first and left out of the estimate (README: "burn-in")
 LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
+LAYOUT_PADDING = 8192  # at most this many bytes of environment padding per worker (see Worker)
 START_SECONDS = 600  # a worker that has not connected by then is reported as hung
 
 
@@ -193,7 +194,12 @@ class Worker:
         if os.environ.get("PYTHONPATH"):
             python_path.append(os.environ["PYTHONPATH"])
         env = dict(os.environ, **environment, PYTHONPATH=os.pathsep.join(python_path),
-                   EMBEDSEARCH_AB_ADDRESS=address, EMBEDSEARCH_AB_AUTHKEY=authkey.hex(), EMBEDSEARCH_AB_SIDE=side.role)
+                   EMBEDSEARCH_AB_ADDRESS=address, EMBEDSEARCH_AB_AUTHKEY=authkey.hex(), EMBEDSEARCH_AB_SIDE=side.role,
+                   # A random amount of environment shifts this process's stack and heap by a random offset
+                   # (ASLR keeps offsets within a page), so a memory layout that happens to favour one side
+                   # (its tree's path, its environment) is drawn afresh for every worker instead of biasing
+                   # every pass alike (Mytkowicz et al., ASPLOS 2009; Curtsinger & Berger, ASPLOS 2013).
+                   EMBEDSEARCH_AB_LAYOUT="." * secrets.randbelow(LAYOUT_PADDING))
         command = [sys.executable, "-m", "pytest", "-p", "embedsearch_lockstep", "-p", "no:cacheprovider", "-q",
                    "--benchmark", f"--benchmark-json={self.json_path}", *pytest_args]
         with open(self.log_path, "wb") as log:
