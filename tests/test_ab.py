@@ -25,9 +25,10 @@ SMALL = ["--perf-tier=smoke", "--no-perf-memory", "--perf-threads=1", "-k", "tes
 class FakeWorker:
     """A worker whose rounds take `seconds` per iteration times log-normal noise: answers the lockstep protocol."""
 
-    def __init__(self, seconds: float, noise: float, seed: int, cold_batches: int = 0):
+    def __init__(self, seconds: float, noise: float, seed: int, cold_batches: int = 0, cold_calibration: float = 1):
         self.seconds, self.noise, self.rng = seconds, noise, np.random.default_rng(seed)
         self.cold_batches = cold_batches  # the first batches take 5x as long: caches and pages still cold
+        self.cold_calibration = cold_calibration  # calibration's time per iteration, relative to a warm one
         self.replies: list[tuple] = []
         self.commands: list[tuple] = []
         self.paused = False
@@ -46,7 +47,7 @@ class FakeWorker:
         if message[0] in ("calibrate", "rounds"):
             self.timed_with_other_paused.append(self.other.paused)
         if message[0] == "calibrate":
-            self.replies.append(("calibrated", self.seconds * 2, 2, False))
+            self.replies.append(("calibrated", self.cold_calibration * self.seconds * 2, 2, False))
         elif message[0] == "rounds":
             cold = 5 if self.cold_batches > 0 else 1
             self.cold_batches -= 1
@@ -82,6 +83,16 @@ def test_the_warmup_block_is_run_first_and_left_out_of_the_verdict():
     assert all(np.median(pair["head"]) > 4e-3 for pair in benchmark.warmup)  # the head's two cold batches
     assert time_verdict(estimate(benchmark, 0.05 / 40 / 3), 0.05) == "same"
     assert len(benchmark.pairs) == 10
+
+
+def test_batches_are_sized_from_the_warm_rounds_not_a_cold_calibration():
+    workers = {role: FakeWorker(1e-3, 0.01, seed, cold_calibration=10) for seed, role in enumerate(("base", "head"))}
+    workers["base"].other, workers["head"].other = workers["head"], workers["base"]
+    benchmark = run_pairs(workers, "perf/bench_x.py::test_x", random.Random(0), pairs=10, max_pairs=40,
+                          min_effect=0.05, alpha=0.05 / 40 / 3)
+    assert {command[2] for worker in workers.values() for command in worker.commands if command[0] == "rounds"} == {2, 20}
+    assert benchmark.rounds_per_batch == 20  # 0.04 s of warm 2 ms rounds; the cold calibration said 20 ms
+    assert all(len(pair["base"]) == 20 for pair in benchmark.pairs)
 
 
 def test_only_the_timed_side_runs_and_both_resume_at_the_end():

@@ -92,7 +92,7 @@ class PairedBenchmark:
 
     name: str
     iterations: dict[str, int]
-    rounds_per_batch: int
+    rounds_per_batch: int  # after the warm-up; the warm-up's batches were sized by the calibration
     pairs: list[dict] = field(default_factory=list)  # {"first": role, "base": [...], "head": [...]}
     warmup: list[dict] = field(default_factory=list)  # the same, run before `pairs` and not judged
 
@@ -353,6 +353,11 @@ def paired_rounds(workers: dict[str, Worker], nodeid: str, rng: random.Random, p
 
     while len(benchmark.warmup) < WARMUP_PAIRS:
         block(benchmark.warmup)
+    # Size the batches from the warm rounds: calibration runs right after set-up, when a call can
+    # take 10x its warm time, and batches sized from it were 2 ms long, shorter than a 4 ms stall.
+    warm_round = max(float(np.median([time for pair in benchmark.warmup for time in pair[role]])) * iterations[role]
+                     for role in ("base", "head"))
+    benchmark.rounds_per_batch = max(1, round(BATCH_SECONDS / max(warm_round, 1e-9)))
     target = pairs
     while True:
         while len(benchmark.pairs) < target:
