@@ -20,7 +20,9 @@ class Thresholds:
     """What counts as a regression besides time: memory, bytes, recall, accuracy, scaling exponents."""
 
     memory_relative: float = 0.02
-    memory_absolute_bytes: int = 256 * 2**10
+    # The same benchmark's peak moved by up to 335 KiB between worker processes of unchanged code (13
+    # A/B runs, README): a one-time allocation that some processes make inside the measured call.
+    memory_absolute_bytes: int = 512 * 2**10
     recall_drop: float = 0.01
     accuracy_drop: float = 0.002
     exponent_change: float = 0.2
