@@ -23,7 +23,7 @@ from .data import clustered_embeddings
 from .embed import PRECISIONS
 from .experiment import (ENGINES, STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
                          run_experiment)
-from .files import check_writable
+from .files import check_writable, write_atomically
 from .index import build_index
 from .knn import class_scores, similarities, topk_accuracy
 from .metrics import exact_search_gflops, matmul_gflops, per_second, recall_at_k
@@ -77,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_study_comparison(result, args.compare_study))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(result.to_json())
+        write_atomically(args.json, lambda stream: stream.write(result.to_json().encode()))
         print(f"\nresult record: {args.json}")
     return 0
 
