@@ -14,7 +14,7 @@ from embedsearch import experiment
 from embedsearch.cli import main
 from embedsearch.data import clustered_embeddings, digits_arrays
 from embedsearch.embed import load_model
-from embedsearch.experiment import DIGITS_TRAIN, ExperimentConfig, format_study_comparison, run_experiment
+from embedsearch.experiment import DIGITS_TRAIN, ExperimentConfig, run_experiment
 
 
 def independent_majority_knn(k: int) -> tuple[float, float, int]:
@@ -121,13 +121,6 @@ def test_cli_run_prints_table_sweep_json_and_study_comparison(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "train search s" in output and "k sweep:" in output and "search_train" in output
     assert json.loads(record.read_text())["config"]["dataset"] == "digits"
-
-
-def test_study_comparison_names_known_datasets_only():
-    result = run_experiment(ExperimentConfig(device="cpu", ks=(20,)))
-    assert "4689" in format_study_comparison(result, "imagenet")
-    with pytest.raises(ValueError, match="published figures exist for \\['imagenet'\\]"):
-        format_study_comparison(result, "cifar")
 
 
 def test_cli_run_on_ray_shards_classifies_like_one_index(ray_cluster, tmp_path, capsys):
