@@ -7,7 +7,6 @@ RayNotInstalledError naming the extra to install (pip install 'embedsearch[ray]'
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import shutil
 import socket
@@ -139,9 +138,6 @@ class _Shard:
     def ready(self) -> int:
         return self.index.ntotal
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def set_trained(self, trained: bytes) -> None:
         write_atomically(self.folder / "trained.pkl", lambda stream: stream.write(trained))
         self._load()
@@ -261,14 +257,6 @@ class ShardedIndex(Index):
     @property
     def is_trained(self) -> bool:
         return self._template.is_trained
-
-    def shard_sizes(self) -> list[int]:
-        """Vectors held by each shard."""
-        return list(self._counts)
-
-    def shard_pids(self) -> list[int]:
-        """Process id of each shard actor (they change when an actor restarts)."""
-        return _get([shard.pid.remote() for shard in self.actors])
 
     def train(self, vectors: np.ndarray) -> None:
         vectors = as_vectors(vectors, "training vectors", self.d)
