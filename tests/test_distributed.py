@@ -22,6 +22,20 @@ from embedsearch.index import build_index
 D = 8  # dimension of the hypothesis suite's vectors: one index per test, refilled per example
 
 
+def shard_pids(index: ShardedIndex) -> list[int]:
+    """Process id of each shard actor (they change when an actor restarts)."""
+    import ray
+
+    return ray.get([shard.__ray_call__.remote(lambda _: os.getpid()) for shard in index.actors])
+
+
+def shard_sizes(index: ShardedIndex) -> list[int]:
+    """Vectors each shard actor holds, as the actor itself counts them."""
+    import ray
+
+    return ray.get([shard.ready.remote() for shard in index.actors])
+
+
 def assert_same_results(got, expected, atol=1e-5):
     """Exact search results agree: distances to round-off, ids wherever the distance is not tied."""
     (distances, ids), (expected_distances, expected_ids) = got, expected
@@ -77,7 +91,7 @@ def test_ivf_shards_share_one_quantizer(ray_cluster):
             sharded.set_search_params(nprobe=nprobe)
             single.set_search_params(nprobe=nprobe)
             assert_same_results(sharded.search(queries, 10), single.search(queries, 10))
-        assert sharded.shard_sizes() == [1000, 1000]
+        assert shard_sizes(sharded) == [1000, 1000]
         assert sharded.nbytes() > single.nbytes()  # two copies of the centroids, plus 8-byte global ids
         with pytest.raises(ValueError, match="nprobe=17"):
             sharded.set_search_params(nprobe=17)
@@ -94,7 +108,7 @@ def test_search_in_flight_survives_killed_shards(ray_cluster):
     queries = rng.standard_normal((40_000, 128), dtype=np.float32)
     index = build_sharded_index("Flat", vectors, "ip", shards=2)
     try:
-        pids = index.shard_pids()
+        pids = shard_pids(index)
         outcome = {}
         search = threading.Thread(target=lambda: outcome.update(result=index.search(queries, 5)))
         search.start()
@@ -104,8 +118,8 @@ def test_search_in_flight_survives_killed_shards(ray_cluster):
             os.kill(pid, signal.SIGKILL)
         search.join()
         assert_same_results(outcome["result"], build_index("Flat", vectors, "ip").search(queries, 5), atol=1e-4)
-        assert set(index.shard_pids()).isdisjoint(pids)  # both actors were restarted
-        assert index.shard_sizes() == [20_000, 20_000]
+        assert set(shard_pids(index)).isdisjoint(pids)  # both actors were restarted
+        assert shard_sizes(index) == [20_000, 20_000]
     finally:
         index.close()
 
@@ -169,7 +183,7 @@ def test_a_shard_that_lost_its_files_fails_loudly(ray_cluster):
     try:
         for part in (index.storage_dir / "shard-0").glob("part-*.npz"):
             part.unlink()  # as on a node that cannot read storage_dir
-        os.kill(index.shard_pids()[0], signal.SIGKILL)
+        os.kill(shard_pids(index)[0], signal.SIGKILL)
         with pytest.raises(RuntimeError, match="shard-0 holds 0 vectors, expected 50"):
             index.search(vectors[:3], 5)
     finally:

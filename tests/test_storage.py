@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from embedsearch.storage import RunFileError, load_run, load_runs, remove_stale_temporaries, save_run
+from embedsearch.storage import RunFileError, load_run, load_runs, remove_stale_claims, save_run
 from saved_runs import make_run, noisy
 
 
@@ -64,34 +64,18 @@ def test_concurrent_saves_under_different_names_never_share_a_number(tmp_path):
 
 
 def test_a_killed_writer_leaves_a_temporary_that_the_next_save_removes(tmp_path):
-    # A writer killed between writing and linking (SIGKILL: no finally runs) leaves its temporary.
+    # A writer killed between writing and linking (SIGKILL: no finally runs) leaves its temporary and its claim.
     script = ("import os, sys, json; sys.path.insert(0, 'tests'); from saved_runs import make_run, noisy;"
               "import embedsearch.storage as storage;"
               "os.fsync = lambda descriptor: os.kill(os.getpid(), 9);"
               f"storage.save_run(make_run({{'a': (noisy(1.0), {{}})}}).data, {str(tmp_path)!r}, 'killed')")
     completed = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(os.path.dirname(__file__)))
     assert completed.returncode == -signal.SIGKILL
-    leftovers = list(tmp_path.glob(".saving-*.tmp"))
+    leftovers = list(tmp_path.glob(".0001_killed.json.*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 0
+    assert [claim.name for claim in tmp_path.glob(".claim-*")] == [".claim-0001"]
     saved = save_run(make_run({"a": (noisy(1.0), {})}).data, tmp_path, "next")
-    assert not list(tmp_path.glob(".saving-*.tmp")) and saved.name.startswith("0001_")
-    mine = tmp_path / f".saving-{os.getpid()}-live.tmp"  # a live writer's temporary is left alone
-    mine.write_text("")
-    assert remove_stale_temporaries(tmp_path) == [] and mine.exists()
-
-
-def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
-    from embedsearch.storage import write_atomically
-
-    target = tmp_path / "sub" / "record.json"
-    write_atomically(target, lambda stream: stream.write(b"old"))
-
-    def interrupted(stream):
-        stream.write(b"half of the new")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_atomically(target, interrupted)
-    assert target.read_bytes() == b"old" and sorted(p.name for p in target.parent.iterdir()) == ["record.json"]
-    write_atomically(target, lambda stream: stream.write(b"new"))
-    assert target.read_bytes() == b"new" and oct(target.stat().st_mode & 0o777) == "0o644"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [saved.name] and saved.name.startswith("0001_")
+    mine = tmp_path / ".claim-0002"  # a live writer's claim is left alone
+    mine.write_text(str(os.getpid()))
+    assert remove_stale_claims(tmp_path) == [] and mine.exists()

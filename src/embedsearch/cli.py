@@ -22,12 +22,13 @@ from .gate import checkout_root, gate, rerun_suite
 from .storage import latest_run, load_runs
 from .data import clustered_embeddings
 from .embed import PRECISIONS
-from .experiment import (ENGINES, STUDY_FIGURES, ExperimentConfig, format_study_comparison, format_table,
-                         run_experiment)
-from .files import check_writable
+from .experiment import ENGINES, ExperimentConfig, run_experiment
+from .files import check_writable, write_atomically
 from .index import build_index
 from .knn import class_scores, similarities, topk_accuracy
 from .metrics import exact_search_gflops, matmul_gflops, per_second, recall_at_k
+from .study import STUDY_FIGURES
+from .tables import format_study_comparison, format_table
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -78,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(format_study_comparison(result, args.compare_study))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(result.to_json())
+        write_atomically(args.json, lambda stream: stream.write(result.to_json().encode()))
         print(f"\nresult record: {args.json}")
     return 0
 

@@ -7,7 +7,6 @@ RayNotInstalledError naming the extra to install (pip install 'embedsearch[ray]'
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import shutil
 import socket
@@ -19,6 +18,7 @@ import faiss
 import numpy as np
 import torch
 
+from .files import save_npz_atomically, write_atomically
 from .index import Index, create_index
 from .validation import as_vectors, check_choice
 
@@ -138,21 +138,14 @@ class _Shard:
     def ready(self) -> int:
         return self.index.ntotal
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def set_trained(self, trained: bytes) -> None:
-        _write_atomically(self.folder / "trained.pkl", trained)
+        write_atomically(self.folder / "trained.pkl", lambda stream: stream.write(trained))
         self._load()
 
     def add(self, part: int, vectors: np.ndarray, global_ids: np.ndarray) -> None:
         if part in self.parts:  # a retried call whose file a restart already reloaded
             return
-        path = self.folder / f"part-{part:08d}.npz"
-        partial = path.with_name(path.name + ".partial")  # not matched by part-*.npz until complete
-        with open(partial, "wb") as file:
-            np.savez(file, vectors=vectors, global_ids=global_ids)
-        os.replace(partial, path)
+        save_npz_atomically(self.folder / f"part-{part:08d}.npz", {"vectors": vectors, "global_ids": global_ids})
         self._add(part, vectors, global_ids)
 
     def reset(self) -> None:
@@ -204,12 +197,6 @@ def _check_cluster_fits(ray, name: str, actors: int, threads: int, device: str) 
 def _check_integer(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 class ShardedIndex(Index):
@@ -270,14 +257,6 @@ class ShardedIndex(Index):
     @property
     def is_trained(self) -> bool:
         return self._template.is_trained
-
-    def shard_sizes(self) -> list[int]:
-        """Vectors held by each shard."""
-        return list(self._counts)
-
-    def shard_pids(self) -> list[int]:
-        """Process id of each shard actor (they change when an actor restarts)."""
-        return _get([shard.pid.remote() for shard in self.actors])
 
     def train(self, vectors: np.ndarray) -> None:
         vectors = as_vectors(vectors, "training vectors", self.d)

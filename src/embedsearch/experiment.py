@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import __version__
-from .data import DigitsImages, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
+from .data import DigitsImages, EmbeddingSplit, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
 from .device import resolve_device
 from .embed import PRECISIONS, embed_dataset, load_model
 from .files import check_writable, save_npz_atomically
@@ -29,17 +29,6 @@ from .validation import as_labels, as_vectors, check_choice, check_positive_numb
 PIXELS_MODEL = "pixels"  # no network: an image's raw pixels, flattened, are its embedding
 DIGITS_TRAIN = 1297  # digits split: the first 1297 images train, the last 500 validate
 ENGINES = ("local", "ray")  # local: one in-process index; ray: the index sharded over Ray actors
-
-STUDY_K = 20
-# The study's published figures (DINO ViT-S/16, k=20 weighted vote, FAISS Flat), in seconds.
-STUDY_FIGURES = {
-    "imagenet": {
-        "gpu": {"n_train": 1_281_167, "n_val": 50_000, "embed": 64 * 60 + 22, "build": 0.29,
-                "search_train": 108.72, "search_val": 4.24, "train_top1": 0.8347, "val_top1": 0.7777},
-        "cpu": {"n_train": 1_281_167, "n_val": 50_000, "search_train": 4689.0},
-    },
-}
-
 
 @dataclass
 class ExperimentConfig:
@@ -87,16 +76,6 @@ class ExperimentResult:
         return json.dumps(asdict(self), indent=2)
 
 
-@dataclass
-class _Embedded:
-    train_vectors: np.ndarray
-    train_labels: np.ndarray
-    val_vectors: np.ndarray
-    val_labels: np.ndarray
-    n_classes: int
-    weights: str
-
-
 def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     """Run the study's pipeline for `config` and return its result record."""
     check_choice(config.vote, "vote", VOTES)
@@ -111,9 +90,9 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     stages: dict[str, StageMeasure] = {}
     loaded = config.embeddings is not None and _embeddings_exist(config.embeddings)
     key = _embeddings_key(config) if config.embeddings is not None else None
-    embedded = _load_embeddings(config.embeddings, key) if loaded else _embed(config, device, stages)
+    embedded, weights = _load_embeddings(config.embeddings, key) if loaded else _embed(config, device, stages)
     if config.embeddings is not None and not loaded:
-        _save_embeddings(config.embeddings, embedded, key)
+        _save_embeddings(config.embeddings, embedded, weights, key)
     k_max = max(config.ks)
     if k_max > len(embedded.train_vectors) - 1:
         raise ValueError(f"ks={config.ks}: expected k <= {len(embedded.train_vectors) - 1} (train size - 1)")
@@ -144,7 +123,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
     return ExperimentResult(
         config=asdict(config), n_train=len(embedded.train_vectors), n_val=len(embedded.val_vectors),
         d=embedded.train_vectors.shape[1], n_classes=embedded.n_classes, device=str(device),
-        weights=embedded.weights, embeddings_loaded=loaded,
+        weights=weights, embeddings_loaded=loaded,
         stages={name: asdict(measure) for name, measure in stages.items()}, accuracy=accuracy,
         versions={"embedsearch": __version__, "faiss": faiss.__version__, "torch": torch.__version__,
                   "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()},
@@ -186,20 +165,19 @@ def _check_options(config: ExperimentConfig) -> None:
             raise ValueError(f"{', '.join(given)}: not used here ({reason}); leave {'them' if len(given) > 1 else 'it'} out")
 
 
-def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, StageMeasure]) -> _Embedded:
-    """Embed (or generate) train and val; image embedding stages are timed into `stages`."""
+def _embed(config: ExperimentConfig, device: torch.device,
+           stages: dict[str, StageMeasure]) -> tuple[EmbeddingSplit, str]:
+    """Train and val embedded (or generated), and the weights that made them; image embedding is timed into `stages`."""
     if config.dataset == "synthetic":
-        split = clustered_embeddings(config.n_train, config.n_val, config.d, config.classes)
-        return _Embedded(split.train_vectors, split.train_labels, split.val_vectors, split.val_labels,
-                         split.n_classes, "synthetic")
+        return clustered_embeddings(config.n_train, config.n_val, config.d, config.classes), "synthetic"
     if config.model == PIXELS_MODEL:
         if config.dataset != "digits":
             raise ValueError(f"model={PIXELS_MODEL!r} works on dataset='digits' only, got {config.dataset!r}")
         with measure_stage(device) as stages["embed_train"]:
             pixels, labels = digits_arrays()
             vectors = pixels / np.linalg.norm(pixels, axis=1, keepdims=True)
-        return _Embedded(np.ascontiguousarray(vectors[:DIGITS_TRAIN]), labels[:DIGITS_TRAIN],
-                         np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10, "none (pixels)")
+        return EmbeddingSplit(np.ascontiguousarray(vectors[:DIGITS_TRAIN]), labels[:DIGITS_TRAIN],
+                              np.ascontiguousarray(vectors[DIGITS_TRAIN:]), labels[DIGITS_TRAIN:], 10), "none (pixels)"
     model = load_model(config.model, config.weights, str(device))
     if config.image_size is not None:
         model.data_config = {**model.data_config, "input_size": (3, config.image_size, config.image_size)}
@@ -209,7 +187,7 @@ def _embed(config: ExperimentConfig, device: torch.device, stages: dict[str, Sta
         with measure_stage(device) as stages[name]:
             vectors = embed_dataset(model, dataset, config.batch_size, config.workers, config.precision)
         embedded += [vectors, np.asarray(_targets(dataset), dtype=np.int64)]
-    return _Embedded(*embedded, n_classes, model.weights)
+    return EmbeddingSplit(*embedded, n_classes), model.weights
 
 
 def _image_datasets(dataset: str, transform) -> tuple[Dataset, Dataset, int]:
@@ -278,15 +256,15 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_embeddings(path: str, embedded: _Embedded, key: dict) -> None:
+def _save_embeddings(path: str, embedded: EmbeddingSplit, weights: str, key: dict) -> None:
     save_npz_atomically(path, {
         "train_vectors": embedded.train_vectors, "train_labels": embedded.train_labels,
         "val_vectors": embedded.val_vectors, "val_labels": embedded.val_labels, "n_classes": embedded.n_classes,
-        "weights": embedded.weights, "key": json.dumps(key, sort_keys=True)})
+        "weights": weights, "key": json.dumps(key, sort_keys=True)})
 
 
-def _load_embeddings(path: str, key: dict) -> _Embedded:
-    """The embeddings saved in `path`, refused unless they were made with the same `key`."""
+def _load_embeddings(path: str, key: dict) -> tuple[EmbeddingSplit, str]:
+    """The embeddings saved in `path` and their weights, refused unless they were made with the same `key`."""
     expected = f"the .npz archive `embedsearch run --embeddings` writes, with arrays {', '.join(EMBEDDING_ARRAYS)}"
     try:
         stored = np.load(path, allow_pickle=False)
@@ -313,65 +291,7 @@ def _load_embeddings(path: str, key: dict) -> _Embedded:
         )
     train_vectors = as_vectors(arrays["train_vectors"], f"train_vectors in {path}")
     val_vectors = as_vectors(arrays["val_vectors"], f"val_vectors in {path}")
-    return _Embedded(train_vectors, as_labels(arrays["train_labels"], f"train_labels in {path}", len(train_vectors)),
-                     val_vectors, as_labels(arrays["val_labels"], f"val_labels in {path}", len(val_vectors)),
-                     int(arrays["n_classes"]), str(arrays["weights"]))
-
-
-def format_table(result: ExperimentResult) -> str:
-    """The study's table (one row) and the k sweep, as aligned text."""
-    def seconds(name: str) -> str:
-        stage = result.stages.get(name)
-        return f"{stage['seconds']:.2f}" if stage else "-"
-
-    embed_seconds = sum(result.stages[n]["seconds"] for n in ("embed_train", "embed_val") if n in result.stages)
-    peaks = [s["peak_rss_bytes"] for s in result.stages.values() if s["peak_rss_bytes"] is not None]
-    main = _main_row(result)
-    main_k = main["k"]
-    header = ("data set", "device", "train x val x d", "embed s", "build s", "train search s", "val search s",
-              "train top-1", "val top-1", "val top-5", "k", "peak RSS MiB")
-    row = (Path(result.config["dataset"]).name or result.config["dataset"], result.device,
-           f"{result.n_train} x {result.n_val} x {result.d}",
-           f"{embed_seconds:.2f}" if any(n.startswith("embed") for n in result.stages) else "-",
-           seconds("build"), seconds("search_train"), seconds("search_val"),
-           f"{main['train_top1']:.2%}", f"{main['val_top1']:.2%}", f"{main['val_top5']:.2%}", str(main_k),
-           f"{max(peaks) / 2**20:.0f}" if peaks else "-")
-    lines = [_aligned([header, row])]
-    sweep = [("k", "vote", "train top-1", "train top-5", "val top-1", "val top-5")]
-    sweep += [(str(r["k"]), r["vote"], f"{r['train_top1']:.2%}", f"{r['train_top5']:.2%}",
-               f"{r['val_top1']:.2%}", f"{r['val_top5']:.2%}") for r in result.accuracy]
-    lines += ["", "k sweep:", _aligned(sweep)]
-    return "\n".join(lines)
-
-
-def format_study_comparison(result: ExperimentResult, study_dataset: str) -> str:
-    """This run's figures next to the study's published rows for `study_dataset`, with ratios."""
-    if study_dataset not in STUDY_FIGURES:
-        raise ValueError(f"study dataset {study_dataset!r}: published figures exist for {sorted(STUDY_FIGURES)}")
-    ours = {name: stage["seconds"] for name, stage in result.stages.items()}
-    ours["embed"] = sum(ours.pop(n, 0.0) for n in ("embed_train", "embed_val")) or None
-    main = _main_row(result)
-    ours.update(train_top1=main["train_top1"], val_top1=main["val_top1"])
-    lines = [f"study ({study_dataset}, DINO ViT-S/16, Flat, k=20 weighted) vs this run "
-             f"({result.n_train} train x {result.n_val} val x {result.d}-d, {result.device}, k={main['k']}):"]
-    table = [("figure", "study device", "study", "this run", "this / study")]
-    for device, figures in STUDY_FIGURES[study_dataset].items():
-        for name in ("embed", "build", "search_train", "search_val", "train_top1", "val_top1"):
-            if name in figures and ours.get(name) is not None:
-                table.append((name, device, f"{figures[name]:g}", f"{ours[name]:.4g}", f"{ours[name] / figures[name]:.4g}"))
-    lines.append(_aligned(table))
-    study_n = STUDY_FIGURES[study_dataset]["gpu"]["n_train"]
-    lines.append(f"note: train search work grows as n_train^2 (leave-one-out over all train points): the study's "
-                 f"{study_n} train points are {(study_n / result.n_train) ** 2:.1f}x this run's work at equal d.")
-    return "\n".join(lines)
-
-
-def _main_row(result: ExperimentResult) -> dict:
-    """The accuracy row of the study's k = 20 when it was run, else of the largest k."""
-    return next((row for row in result.accuracy if row["k"] == STUDY_K),
-                max(result.accuracy, key=lambda row: row["k"]))
-
-
-def _aligned(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows)
+    train_labels = as_labels(arrays["train_labels"], f"train_labels in {path}", len(train_vectors))
+    val_labels = as_labels(arrays["val_labels"], f"val_labels in {path}", len(val_vectors))
+    return (EmbeddingSplit(train_vectors, train_labels, val_vectors, val_labels, int(arrays["n_classes"])),
+            str(arrays["weights"]))

@@ -1,19 +1,20 @@
-"""Files we write: a writability check made before long work, and atomic .npz writes that leave nothing behind."""
+"""Files we write: a writability check made before long work, and atomic writes that leave nothing behind."""
 
 from __future__ import annotations
 
-import itertools
 import os
+import secrets
 import socket
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
-PARTIAL_SUFFIX = ".partial.npz"
-# Temporaries are named <target>.<host>.<pid>.<n>.partial.npz: the host and pid say whose they are.
+TEMPORARY_SUFFIX = ".tmp"
+# A temporary is named .<target>.<host>.<pid>.<random>.tmp beside its target: hidden, matched by no
+# reader's pattern (*.json, part-*.npz), and its host and pid say whose it is.
 _HOST = socket.gethostname().replace(".", "_") or "host"
-_WRITES = itertools.count()
 
 
 def check_writable(path: str | Path, name: str, directory: bool = False) -> Path:
@@ -41,34 +42,55 @@ def check_writable(path: str | Path, name: str, directory: bool = False) -> Path
     return path
 
 
-def save_npz_atomically(path: str | Path, arrays: dict[str, object]) -> None:
-    """Write `arrays` to `path` (.npz) so that readers see the old file or the whole new one, never half.
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None], *, exclusive: bool = False) -> Path:
+    """Write `path` with what `write(stream)` writes, so that readers see the old file (or none) or the whole new one.
 
-    The arrays go to a temporary file beside `path`, which then replaces it. A writer killed
-    midway (SIGKILL) leaves its temporary behind: every save first removes those of writers on
-    this host that are no longer running.
+    The bytes go to a temporary file beside `path` (same file system), flushed and fsynced, which then
+    replaces `path`; with `exclusive` it is hard-linked as `path` instead, which raises FileExistsError
+    rather than overwrite. A writer killed midway (SIGKILL) leaves its temporary behind: every write
+    first removes those of writers on this host that no longer run. Returns `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path.parent)
-    partial = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.{next(_WRITES)}{PARTIAL_SUFFIX}")
+    remove_stale_temporaries(path.parent)
+    while True:
+        temporary = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}")
+        try:  # the mode an ordinary open() gives (0o666 less the umask)
+            descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            continue
+    published = False
     try:
-        np.savez(partial, **arrays)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        with os.fdopen(descriptor, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if exclusive:
+            os.link(temporary, path)
+        else:
+            os.replace(temporary, path)
+            published = True
+    finally:
+        if not published:
+            temporary.unlink(missing_ok=True)
+    return path
 
 
-def remove_stale_partials(folder: str | Path) -> list[Path]:
+def save_npz_atomically(path: str | Path, arrays: dict[str, object]) -> Path:
+    """Write `arrays` to `path` as .npz with `write_atomically`; return `path`."""
+    return write_atomically(path, lambda stream: np.savez(stream, **arrays))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove the temporaries in `folder` left by dead writers on this host; return what was removed."""
     removed = []
-    for partial in Path(folder).glob(f"*{PARTIAL_SUFFIX}"):
-        fields = partial.name[:-len(PARTIAL_SUFFIX)].rsplit(".", 3)
+    for temporary in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        fields = temporary.name[1:-len(TEMPORARY_SUFFIX)].rsplit(".", 3)
         if len(fields) != 4 or fields[1] != _HOST or not fields[2].isdigit() or process_running(int(fields[2])):
             continue
-        partial.unlink(missing_ok=True)
-        removed.append(partial)
+        temporary.unlink(missing_ok=True)
+        removed.append(temporary)
     return removed
 
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
 
-from .files import process_running
+from .files import process_running, write_atomically
 
 RUN_NAME = re.compile(r"^(\d{4})_.*\.json$")
-TEMPORARY_PREFIX = ".saving-"  # + writer pid + "-" + random, then ".tmp"
 CLAIM_PREFIX = ".claim-"  # + run number; holds the writer's pid while it saves
 
 
@@ -112,68 +109,35 @@ def latest_run(location: str | Path) -> Run:
 def save_run(data: dict, folder: str | Path, name: str) -> Path:
     """Write a run as `folder/NNNN_<name>.json` (pytest-benchmark's naming) and return its path.
 
-    Atomic: the JSON is written and flushed to a temporary file, then hard-linked under its final
-    name, which fails rather than overwrite; so a reader never sees half a file, an interrupted
-    save leaves no run behind, and concurrent saves each get their own number, whatever their
-    names (the number alone decides: `NNNN_*` taken under any name counts as taken). Temporary
-    files left by writers that died (their pid no longer runs) are removed first.
+    Atomic (`files.write_atomically`, exclusive): the JSON is written and flushed to a temporary
+    file, then hard-linked under its final name, which fails rather than overwrite; so a reader
+    never sees half a file, an interrupted save leaves no run behind, and concurrent saves each get
+    their own number, whatever their names (the number alone decides: `NNNN_*` taken under any name
+    counts as taken). Number claims left by writers that died (their pid no longer runs) are removed first.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
+    remove_stale_claims(folder)
     text = json.dumps(data, indent=4, default=str).encode()
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")
-    os.chmod(temporary, 0o644)  # mkstemp makes it private; a saved run is an ordinary file
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        while True:
-            number = max(_run_numbers(folder), default=0) + 1
-            # The number is claimed by an exclusive marker first: two writers with different names
-            # would otherwise link NNNN_a.json and NNNN_b.json under the same number. The marker
-            # holds the writer's pid and goes once the run file holds the number.
-            claim = folder / f"{CLAIM_PREFIX}{number:04d}"
-            try:
-                descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                continue  # another writer holds this number
-            try:
-                os.write(descriptor, str(os.getpid()).encode())
-                os.close(descriptor)
-                if any(folder.glob(f"{number:04d}_*.json")):
-                    continue  # taken meanwhile by a writer that already released its claim
-                target = folder / f"{number:04d}_{name}.json"
-                os.link(temporary, target)
-                return target
-            finally:
-                claim.unlink(missing_ok=True)
-    finally:
-        os.unlink(temporary)
-
-
-def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Create or replace `path` with what `write(stream)` writes: readers see the old file or the whole new one.
-
-    The temporary sits beside the target (same file system, so the final rename is atomic) and is
-    named after the writer's pid, so `remove_stale_temporaries` can clear one left by a killed writer.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    while True:
+        number = max(_run_numbers(folder), default=0) + 1
+        # The number is claimed by an exclusive marker first: two writers with different names
+        # would otherwise link NNNN_a.json and NNNN_b.json under the same number. The marker
+        # holds the writer's pid and goes once the run file holds the number.
+        claim = folder / f"{CLAIM_PREFIX}{number:04d}"
+        try:
+            descriptor = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue  # another writer holds this number
+        try:
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+            if any(folder.glob(f"{number:04d}_*.json")):
+                continue  # taken meanwhile by a writer that already released its claim
+            return write_atomically(folder / f"{number:04d}_{name}.json", lambda stream: stream.write(text),
+                                    exclusive=True)
+        finally:
+            claim.unlink(missing_ok=True)
 
 
 def _run_numbers(folder: Path) -> list[int]:
@@ -187,18 +151,15 @@ def _run_numbers(folder: Path) -> list[int]:
     return numbers
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete temporaries and number claims of writers that died (their pid no longer runs); return them."""
+def remove_stale_claims(folder: Path) -> list[Path]:
+    """Delete the number claims of writers that died (their pid no longer runs); return them."""
     removed = []
-    for file in [*folder.glob(f"{TEMPORARY_PREFIX}*.tmp"), *folder.glob(f"{CLAIM_PREFIX}*")]:
-        if file.name.startswith(TEMPORARY_PREFIX):
-            pid_text = file.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
-        else:
-            try:
-                pid_text = file.read_text().strip()
-            except OSError:
-                continue
+    for claim in folder.glob(f"{CLAIM_PREFIX}*"):
+        try:
+            pid_text = claim.read_text().strip()
+        except OSError:
+            continue
         if pid_text.isdigit() and not process_running(int(pid_text)):
-            file.unlink(missing_ok=True)
-            removed.append(file)
+            claim.unlink(missing_ok=True)
+            removed.append(claim)
     return removed

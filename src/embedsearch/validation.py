@@ -73,12 +73,12 @@ def as_labels(labels: object, name: str, n: int) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def check_k(k: object, n: int, name: str = "k") -> int:
+def check_k(k: object, n: int) -> int:
     """Return `k` as int when 1 <= k <= n, else raise."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name}={k!r}: expected an integer")
+        raise TypeError(f"k={k!r}: expected an integer")
     if not 1 <= k <= n:
-        raise ValueError(f"{name}={k}: expected 1 <= {name} <= {n} (the number of indexed vectors)")
+        raise ValueError(f"k={k}: expected 1 <= k <= {n} (the number of indexed vectors)")
     return int(k)
 
 

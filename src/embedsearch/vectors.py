@@ -10,12 +10,12 @@ header and size; vectors are converted to float32 in blocks of BLOCK_ROWS rows w
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .files import save_npz_atomically
 from .index import build_index
 
 BLOCK_ROWS = 65_536  # rows converted to float32 at a time: a 1M x 384 file is never copied whole but once
@@ -256,10 +256,7 @@ class VectorDataset:
                     return stored["distances"], stored["ids"]
         distances, ids = build_index("Flat", self.get_database(), self.metric).search(self.get_queries(), depth)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_suffix(f".{os.getpid()}.partial.npz")
-            np.savez(partial, distances=distances, ids=ids)
-            os.replace(partial, cache)  # atomic: a reader never sees half a file
+            save_npz_atomically(cache, {"distances": distances, "ids": ids})
         return distances, ids
 
     def record(self) -> dict:
