@@ -55,8 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
+from .files import write_atomically
 from .stats import PairedEstimate, crossover_estimate
-from .storage import Run, load_run, save_run, write_atomically
+from .storage import Run, load_run, save_run
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
 MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
