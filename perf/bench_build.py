@@ -3,7 +3,9 @@
 from embedsearch.device import resolve_device, synchronize
 from embedsearch.index import create_index
 from embedsearch.memory import build_model_bytes
-from harness import median_seconds, memory_pass, record, theoretical_index_bytes
+from index_bytes import theoretical_index_bytes
+from memory_pass import memory_pass
+from records import median_seconds, record
 
 
 def rounds_for(n: int) -> int:

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from harness import median_seconds, record
+from records import median_seconds, record
 
 MATMUL_SIZE = 2048
 COPY_BYTES = 256 * 2**20

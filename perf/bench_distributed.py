@@ -18,7 +18,8 @@ import pytest
 from embedsearch.data import DigitsImages
 from embedsearch.index import build_index
 from embedsearch.metrics import recall_at_k
-from harness import CACHE, median_seconds, record
+from data_cache import CACHE
+from records import median_seconds, record
 from tiers import IndexCase
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")

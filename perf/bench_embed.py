@@ -11,7 +11,8 @@ from embedsearch.embed import cpu_supports_bf16, embed_dataset, embed_images, lo
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
 from embedsearch.memory import vit_embedding_model_bytes
-from harness import median_seconds, memory_pass, record
+from memory_pass import memory_pass
+from records import median_seconds, record
 
 DIGITS_FOR_TOP1 = 300  # digits images embedded in both precisions to compare kNN top-1
 

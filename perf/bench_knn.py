@@ -4,7 +4,8 @@ import numpy as np
 
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
-from harness import median_seconds, memory_pass, record
+from memory_pass import memory_pass
+from records import median_seconds, record
 from tiers import IndexCase
 
 NEIGHBORS_DEPTH = 100  # val neighbours are searched once at this depth; each case uses the first k

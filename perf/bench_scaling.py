@@ -1,6 +1,6 @@
 """Scaling: one search at growing N, everything else fixed; the run stores the fitted exponent of time vs N."""
 
-from bench_search import run_search_case
+from search_runner import run_search_case
 
 
 def test_scaling(benchmark, scaling_case, device, data, indexes, threads, pytestconfig):

@@ -17,7 +17,9 @@ from embedsearch.stats import scaling_exponents
 from embedsearch.storage import Run, save_run
 from embedsearch.index import create_index
 from embedsearch.vectors import VectorDataset
-from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
+from data_cache import CACHE, DataCache
+from index_cache import IndexCache
+from planted_slowdown import planted_slowdown, slow_down
 from summary import print_summary, write_markdown_summary
 from tiers import TIERS, Tier, file_grid
 
