@@ -9,7 +9,6 @@ from pathlib import Path
 import faiss
 import pytest
 import torch
-from pytest_benchmark.utils import get_tag
 
 from embedsearch.compare import ComparisonError, format_report
 from embedsearch.gate import gate, rerun_suite
@@ -20,6 +19,7 @@ from embedsearch.vectors import VectorDataset
 from data_cache import CACHE, DataCache
 from index_cache import IndexCache
 from planted_slowdown import planted_slowdown, slow_down
+from suite_stash import BASELINE, SAVE_NAME
 from summary import print_summary, write_markdown_summary
 from tiers import TIERS, Tier, file_grid
 
@@ -39,8 +39,8 @@ def tier_name(config: pytest.Config) -> str:
 
 
 def data_files(config: pytest.Config) -> dict[str, VectorDataset]:
-    """The --perf-data data sets by label (opened by the root conftest.py), their computed ground truth cached in CACHE."""
-    files = config.getoption("perf_datasets")
+    """The --perf-data data sets by label (opened as the options were parsed), their computed ground truth cached in CACHE."""
+    files = {dataset.label: dataset for dataset in config.getoption("perf_data")}
     for dataset in files.values():
         dataset.cache_dir = CACHE
     return files
@@ -59,7 +59,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    for case in cases]
             metafunc.parametrize(fixture, cases, ids=ids)
     if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", metafunc.config.getoption("perf_devices"), indirect=True)
+        metafunc.parametrize("device", metafunc.config.getoption("perf_device"), indirect=True)
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     output_json["machine_info"]["calibration"] = calibration
     output_json["embedsearch"] = {
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
-        "devices": config.getoption("perf_devices"),
+        "devices": config.getoption("perf_device"),
         "planted_slowdown": planted_slowdown(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "faiss_gpus": faiss.get_num_gpus(),
@@ -135,14 +135,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     benchmark_session = getattr(config, "_benchmarksession", None)
     if benchmark_session is None or benchmark_session.disabled or not benchmark_session.benchmarks:
         return
-    save_name = config.getoption("perf_save_name", None)
-    baseline = config.getoption("perf_baseline", None)
+    save_name, baseline = config.stash[SAVE_NAME], config.stash[BASELINE]
     if not (save_name or baseline):
         return
     run = Run(run_json(config, benchmark_session))
     if save_name:
-        name = get_tag() if save_name == "autosave" else save_name
-        run.path = save_run(run.data, benchmark_session.storage.get(""), name)
+        run.path = save_run(run.data, benchmark_session.storage.get(""), save_name)
         config.stash[GATE_LINES] = [f"saved run: {run.path}"]
     if baseline:
         lines = config.stash.setdefault(GATE_LINES, [])
