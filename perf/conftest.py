@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from embedsearch.compare import ComparisonError, format_report
+from embedsearch.fields import BANDWIDTH_GBS, GFLOPS, MEMRAY_CAPTURE, PEAK_BYTES
 from embedsearch.gate import gate, rerun_suite
 from embedsearch.stats import scaling_exponents
 from embedsearch.storage import Run, save_run
@@ -30,7 +31,7 @@ CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "distributed_search_case": "distributed_search", "distributed_embed_case": "distributed_embed",
 }
 GATE_LINES = pytest.StashKey[list]()  # what sessionfinish saved and gated, printed in the terminal summary
-CALIBRATION = {"test_matmul_gflops": ("gflops", "matmul_gflops"), "test_copy_bandwidth": ("bandwidth_gbs", "copy_gbs")}
+CALIBRATION_FIGURES = {"test_matmul_gflops": (GFLOPS, "matmul_gflops"), "test_copy_bandwidth": (BANDWIDTH_GBS, "copy_gbs")}
 
 
 def tier_name(config: pytest.Config) -> str:
@@ -103,8 +104,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     calibration = {}
     for bench in output_json["benchmarks"]:
         function = bench["name"].split("[")[0]
-        if function in CALIBRATION and CALIBRATION[function][0] in bench["extra_info"]:
-            key, name = CALIBRATION[function]
+        if function in CALIBRATION_FIGURES and CALIBRATION_FIGURES[function][0] in bench["extra_info"]:
+            key, name = CALIBRATION_FIGURES[function]
             calibration[name] = bench["extra_info"][key]
     output_json["machine_info"]["calibration"] = calibration
     output_json["embedsearch"] = {
@@ -171,13 +172,13 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
 def write_worst_flamegraph(reporter, benchmarks, folder: Path) -> None:
     """Render memray's flame graph HTML of the benchmark with the largest peak."""
-    captured = [b for b in benchmarks if "memray_capture" in b.extra_info]
+    captured = [b for b in benchmarks if MEMRAY_CAPTURE in b.extra_info]
     if not captured:
         return
-    worst = max(captured, key=lambda b: b.extra_info["peak_bytes"])
+    worst = max(captured, key=lambda b: b.extra_info[PEAK_BYTES])
     html = folder / "worst-peak-flamegraph.html"
     html.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "-o", str(html), worst.extra_info["memray_capture"]],
+    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "-o", str(html), worst.extra_info[MEMRAY_CAPTURE]],
                    check=True, capture_output=True)
     reporter.write_line(f"memray captures: {folder}/*.bin; flame graph of the largest peak "
-                        f"({worst.name}, {worst.extra_info['peak_bytes'] / 2**20:.1f} MiB): {html}")
+                        f"({worst.name}, {worst.extra_info[PEAK_BYTES] / 2**20:.1f} MiB): {html}")

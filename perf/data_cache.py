@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.data import EmbeddingSplit, synthetic_embeddings
+from embedsearch.fields import DATASET, DATASET_HASH, QUERY_SOURCE
 from embedsearch.files import save_npz_atomically
 from embedsearch.index import build_index
 from embedsearch.knn import similarities
@@ -80,8 +81,8 @@ class DataCache:
         else:
             digest = hashlib.sha256(database.tobytes())
             digest.update(queries.tobytes())
-            record = {"dataset": f"synthetic:{case.data}", "dataset_hash": digest.hexdigest()[:12],
-                      "query_source": "generated val split"}
+            record = {DATASET: f"synthetic:{case.data}", DATASET_HASH: digest.hexdigest()[:12],
+                      QUERY_SOURCE: "generated val split"}
         key = f"difficulty-{case.data}-n{case.n}-q{nq}-d{case.d}"
         figures = self._cached(key, lambda: {name: np.float64(value)
                                              for name, value in dataset_difficulty(database, queries).items()})

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from embedsearch.fields import GPU_PEAK_BYTES, MEMRAY_CAPTURE, MODEL_BYTES, PEAK_BYTES, PEAK_VS_MODEL
 from embedsearch.memory import profile_memory
 
 
@@ -36,11 +37,11 @@ def memory_pass(benchmark, config, operation: Callable[[], object], device: str 
         operation()
 
     _, profile = profile_memory(run_discarding_result, capture)
-    benchmark.extra_info["peak_bytes"] = profile.peak_bytes
+    benchmark.extra_info[PEAK_BYTES] = profile.peak_bytes
     if model_bytes is not None:
-        benchmark.extra_info.update(model_bytes=model_bytes, peak_vs_model=profile.peak_bytes / model_bytes)
+        benchmark.extra_info.update({MODEL_BYTES: model_bytes, PEAK_VS_MODEL: profile.peak_bytes / model_bytes})
     if capture is not None:
-        benchmark.extra_info["memray_capture"] = str(capture)
+        benchmark.extra_info[MEMRAY_CAPTURE] = str(capture)
     if cuda:
         torch.cuda.synchronize()
-        benchmark.extra_info["gpu_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        benchmark.extra_info[GPU_PEAK_BYTES] = int(torch.cuda.max_memory_allocated())

@@ -1,4 +1,7 @@
-"""What a benchmark records in `extra_info` beside its times: parameters, derived figures, threads, library versions."""
+"""What a benchmark records in `extra_info` beside its times: parameters, derived figures, threads, library versions.
+
+Every field is declared in embedsearch.fields; `record` refuses any other.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import timm
 import torch
 
 import embedsearch
+from embedsearch.fields import FIELDS, THREADS, VERSIONS
 
 
 def library_versions() -> dict[str, str]:
@@ -18,8 +22,14 @@ def library_versions() -> dict[str, str]:
 
 
 def record(benchmark, threads: int, **figures) -> None:
-    """Store a benchmark's parameters and derived figures, with threads and library versions."""
-    benchmark.extra_info.update(figures, threads=threads, versions=library_versions())
+    """Store a benchmark's parameters and derived figures, with threads and library versions.
+
+    Raises ValueError naming any field not declared in embedsearch.fields.
+    """
+    undeclared = sorted(set(figures) - FIELDS.keys())
+    if undeclared:
+        raise ValueError(f"extra_info fields {undeclared} of {benchmark.name}: not declared in embedsearch.fields")
+    benchmark.extra_info.update(figures, **{THREADS: threads, VERSIONS: library_versions()})
 
 
 def median_seconds(benchmark) -> float | None:

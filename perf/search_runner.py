@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedsearch.fields import CERTIFIED_FRACTION, GFLOPS, QUERIES_PER_S
 from embedsearch.index import BF16_SPEC, EXACT_SPECS
 from embedsearch.memory import exact_search_model_bytes
 from embedsearch.metrics import exact_search_gflops, recall_at_k, single_query_latency
@@ -37,15 +38,15 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     elif (floor := recall_floor(case)) is not None:
         assert recall >= floor, f"{case.id}: recall@{case.k} {recall:.4f} is below its floor {floor}"
     if case.index.spec == BF16_SPEC:  # the queries that needed no float32 fall-back
-        figures["certified_fraction"] = index.last_certified_fraction
+        figures[CERTIFIED_FRACTION] = index.last_certified_fraction
     memory_pass(benchmark, config, lambda: index.search(queries, case.k), device,
                 model_bytes=exact_search_model_bytes(index, case.nq, case.k) if exact and device == "cpu" else None)
     seconds = median_seconds(benchmark)
     if seconds:
-        figures["queries_per_s"] = case.nq / seconds
+        figures[QUERIES_PER_S] = case.nq / seconds
         figures.update(single_query_latency(index.search, queries[:LATENCY_QUERIES], case.k))
         if exact:
-            figures["gflops"] = exact_search_gflops(case.index.n, case.index.d, case.nq, seconds)
+            figures[GFLOPS] = exact_search_gflops(case.index.n, case.index.d, case.nq, seconds)
     record(benchmark, threads, spec=case.index.spec, n=case.index.n, d=case.index.d, k=case.k, nq=case.nq,
            metric=case.index.metric, device=device, dtype="float32", params=dict(case.params),
            recall=recall, index_bytes=index.nbytes(), **data.dataset_record(case.index), **figures)
