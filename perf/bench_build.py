@@ -19,7 +19,7 @@ def host_model_bytes(case, stage: str, device: str) -> int | None:
 
 
 def test_build_train(benchmark, train_case, device, data, threads, pytestconfig):
-    database, _ = data.search_data(train_case, 1)
+    database = data.database(train_case)
 
     def fresh_index():
         return (create_index(train_case.spec, train_case.d, train_case.metric, device),), {}
@@ -41,7 +41,7 @@ def test_build_train(benchmark, train_case, device, data, threads, pytestconfig)
 
 
 def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
-    database, _ = data.search_data(build_case, 1)
+    database = data.database(build_case)
     index = create_index(build_case.spec, build_case.d, build_case.metric, device)
     if not index.is_trained:
         index.train(database)  # training is timed by test_build_train

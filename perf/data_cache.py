@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -52,17 +54,31 @@ class DataCache:
             train_labels, val_labels = dataset.labels
             return EmbeddingSplit(dataset.get_database()[:n_train], train_labels[:n_train],
                                   dataset.get_queries()[:n_val], val_labels[:n_val], dataset.n_classes)
-        prefix = "clustered" if data == "hard" else data  # "clustered": the hard preset's key before presets existed
-        key = f"{prefix}-t{n_train}-v{n_val}-d{d}-c{n_classes}-s{seed}"
-        arrays = self._cached(key, lambda: synthetic_embeddings(data, n_train, n_val, d, n_classes, seed=seed).__dict__)
-        return EmbeddingSplit(arrays["train_vectors"], arrays["train_labels"], arrays["val_vectors"],
-                              arrays["val_labels"], int(n_classes))
+        generated = functools.cache(lambda: synthetic_embeddings(data, n_train, n_val, d, n_classes, seed=seed))
+        train = self._synthetic_train(data, n_train, d, n_classes, seed, generated)
+        # the val split is drawn after the train split from the seed's one stream: it depends on n_train
+        val = self._cached(f"{data}-val-t{n_train}-v{n_val}-d{d}-c{n_classes}-s{seed}",
+                           lambda: {"vectors": generated().val_vectors, "labels": generated().val_labels})
+        return EmbeddingSplit(train["vectors"], train["labels"], val["vectors"], val["labels"], int(n_classes))
+
+    def _synthetic_train(self, data: str, n_train: int, d: int, n_classes: int, seed: int,
+                         generate: Callable[[], EmbeddingSplit]) -> dict[str, np.ndarray]:
+        """A synthetic preset's train split, one copy per shape: drawn first from the seed's stream, it is the same
+        whatever the val split's size; `generate` makes a split of this shape when it is not cached yet."""
+        return self._cached(f"{data}-train-t{n_train}-d{d}-c{n_classes}-s{seed}",
+                            lambda: {"vectors": generate().train_vectors, "labels": generate().train_labels})
+
+    def database(self, case: IndexCase) -> np.ndarray:
+        """An index case's database: its data set's first n vectors (a synthetic preset's train split)."""
+        if case.data in self.files:
+            return self.files[case.data].get_database()[:case.n]
+        generate = functools.cache(lambda: synthetic_embeddings(case.data, case.n, 0, case.d, N_CLASSES))
+        return self._synthetic_train(case.data, case.n, case.d, N_CLASSES, 0, generate)["vectors"]
 
     def search_data(self, case: IndexCase, nq: int) -> tuple[np.ndarray, np.ndarray]:
         """(database, queries) for an index case: its data set's first n database vectors and first nq queries."""
         if case.data in self.files:
-            dataset = self.files[case.data]
-            return dataset.get_database()[:case.n], dataset.get_queries()[:nq]
+            return self.database(case), self.files[case.data].get_queries()[:nq]
         split = self.split(case.n, nq, case.d, data=case.data)
         return split.train_vectors, split.val_vectors
 

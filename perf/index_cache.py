@@ -15,11 +15,11 @@ class IndexCache:
         self.key: tuple | None = None
         self.index: Index | None = None
 
-    def get(self, case: IndexCase, device: str, nq: int) -> Index:
-        key = (case, device, nq)
+    def get(self, case: IndexCase, device: str) -> Index:
+        """The index of `case` on `device`, built over the case's database unless it was the last one built."""
+        key = (case, device)
         if key != self.key:
             self.index = None  # release the previous index before building the next
-            database, _ = self.data.search_data(case, nq)
-            self.index = build_index(case.spec, database, case.metric, device)
+            self.index = build_index(case.spec, self.data.database(case), case.metric, device)
             self.key = key
         return self.index

@@ -22,7 +22,7 @@ LATENCY_QUERIES = 200  # one-query searches timed per case (with --benchmark) fo
 
 def run_search_case(benchmark, case, device, data, indexes, threads, group_prefix: str, config) -> None:
     """Time one search case and record queries/s, GFLOP/s (exact) and recall@k against ground truth."""
-    index = indexes.get(case.index, device, case.nq)
+    index = indexes.get(case.index, device)
     index.set_search_params(**dict(case.params))
     _, queries = data.search_data(case.index, case.nq)
     benchmark.group = (f"{group_prefix} n={case.index.n} d={case.index.d} k={case.k} nq={case.nq} "
