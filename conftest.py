@@ -101,6 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("perf_gate"):
             raise pytest.UsageError("--perf-gate needs --benchmark: only a timed run can be gated")
 
+
 def save_name(config: pytest.Config) -> str | None:
     """The name a timed run is saved under: --benchmark-save, else --benchmark-autosave's tag, else a tag
     (commit and time, pytest-benchmark's) unless --benchmark-json takes the run instead; None: not saved."""
