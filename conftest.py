@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.utils import get_tag
 
-from suite_stash import BASELINE, SAVE_NAME
-
 TIERS = ("smoke", "pr", "default", "full")  # perf/tiers.py defines each
 DEVICES = ("cpu", "cuda")
 
@@ -79,6 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    from suite_stash import BASELINE, SAVE_NAME  # not at import: pytest-benchmark's CLI loads this file without perf/ on sys.path
+
     # Runs before pytest-benchmark's own pytest_configure reads its options. The suite saves runs
     # itself (perf/conftest.py: atomic, numbered, rounds included), so pytest-benchmark's own
     # --benchmark-save/--benchmark-autosave are taken over; without --benchmark, its timing is off.
@@ -114,6 +114,7 @@ def save_name(config: pytest.Config) -> str | None:
 def check_output_folders(config: pytest.Config) -> None:
     """Refuse, before any timing, folders the run will write into but cannot (--benchmark-json is opened by its parser)."""
     from embedsearch.files import check_writable
+    from suite_stash import SAVE_NAME
 
     folders = {"--perf-memray-dir": config.getoption("perf_memray_dir")}
     storage = config.getoption("benchmark_storage")
