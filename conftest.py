@@ -8,13 +8,44 @@ pytest-benchmark's own --benchmark-* options keep working in both.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import pytest
+from pytest_benchmark.utils import get_tag
 
 TIERS = ("smoke", "pr", "default", "full")  # perf/tiers.py defines each
 DEVICES = ("cpu", "cuda")
+
+
+def device_list(text: str) -> list[str]:
+    """--perf-device: a comma list of DEVICES."""
+    devices = [name.strip() for name in text.split(",") if name.strip()]
+    if not devices or set(devices) - set(DEVICES):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list from {DEVICES}")
+    return devices
+
+
+def positive_int(text: str) -> int:
+    """--perf-threads: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return value
+
+
+def vector_file(path: str):
+    """--perf-data: the file opened as an embedsearch.vectors data set (header and size checked)."""
+    from embedsearch.vectors import open_dataset
+
+    try:
+        return open_dataset(path)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,18 +55,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--perf-tier", choices=TIERS, default=None,
                     help="grid size: smoke (seconds), pr (smoke without the Ray Data embedding: embedsearch ab's tier), default (<= 5 min on 2 cores), full (the study's scale); "
                          "default: 'default' with --benchmark, else 'smoke'")
-    group.addoption("--perf-device", default="cpu",
+    group.addoption("--perf-device", type=device_list, default="cpu",
                     help="comma-separated devices to include, from cpu,cuda (cuda skips cleanly without a GPU)")
     group.addoption("--no-perf-memory", action="store_true",
                     help="skip the untimed memray memory pass that --benchmark runs after each timing")
     group.addoption("--perf-memray-dir", default=None,
                     help="keep each benchmark's memray capture here, and a flame graph HTML of the largest peak")
-    group.addoption("--perf-threads", type=int, default=len(os.sched_getaffinity(0)),
+    group.addoption("--perf-threads", type=positive_int, default=len(os.sched_getaffinity(0)),
                     help="threads for FAISS (OpenMP) and torch (default: the cores this process may use)")
     group.addoption("--perf-markdown", default=None, metavar="FILE",
                     help="also write the figures summary of a timed run to FILE as Markdown "
                          "(it is appended to $GITHUB_STEP_SUMMARY whenever that is set)")
-    group.addoption("--perf-data", action="append", default=[], metavar="PATH",
+    group.addoption("--perf-data", type=vector_file, action="append", default=[], metavar="PATH",
                     help="also run the search, build, brute-force, scaling and kNN benchmarks on this vector file "
                          "(ann-benchmarks .hdf5, .fvecs/.bvecs, .fbin/.u8bin/.i8bin, .npy/.npz, embedsearch run "
                          "--embeddings); repeatable")
@@ -46,32 +77,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # Runs before pytest-benchmark's own pytest_configure reads these options.
-    devices = [name.strip() for name in config.getoption("perf_device").split(",") if name.strip()]
-    unknown = sorted(set(devices) - set(DEVICES))
-    if unknown or not devices:
-        raise pytest.UsageError(f"--perf-device={config.getoption('perf_device')!r}: expected a comma list from {DEVICES}")
-    config.option.perf_devices = devices  # parsed once, for perf/conftest.py
-    config.option.perf_datasets = {}  # --perf-data files opened once (header and size checked), by label
-    for path in config.getoption("perf_data"):
-        from embedsearch.vectors import open_dataset
+    from suite_stash import BASELINE, SAVE_NAME  # not at import: pytest-benchmark's CLI loads this file without perf/ on sys.path
 
-        try:
-            dataset = open_dataset(path)
-        except (ValueError, FileNotFoundError, ImportError) as error:
-            raise pytest.UsageError(f"--perf-data={path}: {error}") from None
-        config.option.perf_datasets[dataset.label] = dataset
-    if config.getoption("perf_threads") < 1:
-        raise pytest.UsageError(f"--perf-threads={config.getoption('perf_threads')}: expected a positive integer")
-    # The suite saves runs itself (perf/conftest.py: atomic, numbered, rounds included), so
-    # pytest-benchmark's own autosave/--benchmark-save are taken over.
-    config.option.perf_save_name = None
-    config.option.perf_baseline = None
+    # Runs before pytest-benchmark's own pytest_configure reads its options. The suite saves runs
+    # itself (perf/conftest.py: atomic, numbered, rounds included), so pytest-benchmark's own
+    # --benchmark-save/--benchmark-autosave are taken over; without --benchmark, its timing is off.
+    config.stash[SAVE_NAME] = None
+    config.stash[BASELINE] = None
     if config.getoption("benchmark"):
-        if config.getoption("benchmark_save"):
-            config.option.perf_save_name = config.getoption("benchmark_save")
-        elif not config.getoption("benchmark_json"):
-            config.option.perf_save_name = "autosave"
+        config.stash[SAVE_NAME] = save_name(config)
         config.option.benchmark_save = None
         config.option.benchmark_autosave = False
         check_output_folders(config)
@@ -79,7 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
             from embedsearch.storage import latest_run
 
             try:  # loaded now: this run may be saved into the same folder
-                config.option.perf_baseline = latest_run(config.getoption("perf_gate"))
+                config.stash[BASELINE] = latest_run(config.getoption("perf_gate"))
             except (ValueError, FileNotFoundError) as error:
                 raise pytest.UsageError(f"--perf-gate={config.getoption('perf_gate')}: {error}") from None
     else:
@@ -88,13 +102,23 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError("--perf-gate needs --benchmark: only a timed run can be gated")
 
 
+def save_name(config: pytest.Config) -> str | None:
+    """The name a timed run is saved under: --benchmark-save, else --benchmark-autosave's tag, else a tag
+    (commit and time, pytest-benchmark's) unless --benchmark-json takes the run instead; None: not saved."""
+    name = config.getoption("benchmark_save") or config.getoption("benchmark_autosave")
+    if name or config.getoption("benchmark_json"):
+        return name
+    return get_tag()
+
+
 def check_output_folders(config: pytest.Config) -> None:
     """Refuse, before any timing, folders the run will write into but cannot (--benchmark-json is opened by its parser)."""
     from embedsearch.files import check_writable
+    from suite_stash import SAVE_NAME
 
     folders = {"--perf-memray-dir": config.getoption("perf_memray_dir")}
     storage = config.getoption("benchmark_storage")
-    if config.option.perf_save_name and (storage.startswith("file://") or "://" not in storage):
+    if config.stash[SAVE_NAME] and (storage.startswith("file://") or "://" not in storage):
         folders["--benchmark-storage"] = storage.removeprefix("file://")
     for option, folder in folders.items():
         if folder:

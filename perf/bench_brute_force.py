@@ -1,6 +1,6 @@
 """Brute force side by side: FAISS Flat and the torch backend on the same data, same group."""
 
-from bench_search import run_search_case
+from search_runner import run_search_case
 
 
 def test_brute_force(benchmark, brute_force_case, device, data, indexes, threads, pytestconfig):

@@ -1,9 +1,12 @@
 """Index build: training time (IVF, PQ) and add time, per spec x N x d x device, with index bytes."""
 
 from embedsearch.device import resolve_device, synchronize
+from embedsearch.fields import BYTES_VS_THEORY, THEORY_BYTES, VECTORS_PER_S
 from embedsearch.index import create_index
 from embedsearch.memory import build_model_bytes
-from harness import median_seconds, memory_pass, record, theoretical_index_bytes
+from index_bytes import theoretical_index_bytes
+from memory_pass import memory_pass
+from records import median_seconds, record
 
 
 def rounds_for(n: int) -> int:
@@ -16,7 +19,7 @@ def host_model_bytes(case, stage: str, device: str) -> int | None:
 
 
 def test_build_train(benchmark, train_case, device, data, threads, pytestconfig):
-    database, _ = data.search_data(train_case, 1)
+    database = data.database(train_case)
 
     def fresh_index():
         return (create_index(train_case.spec, train_case.d, train_case.metric, device),), {}
@@ -34,11 +37,11 @@ def test_build_train(benchmark, train_case, device, data, threads, pytestconfig)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, stage="train", spec=train_case.spec, n=train_case.n, d=train_case.d,
            metric=train_case.metric, device=device, dtype="float32", **data.dataset_record(train_case),
-           **({"vectors_per_s": train_case.n / seconds} if seconds else {}))
+           **({VECTORS_PER_S: train_case.n / seconds} if seconds else {}))
 
 
 def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
-    database, _ = data.search_data(build_case, 1)
+    database = data.database(build_case)
     index = create_index(build_case.spec, build_case.d, build_case.metric, device)
     if not index.is_trained:
         index.train(database)  # training is timed by test_build_train
@@ -62,5 +65,5 @@ def test_build_add(benchmark, build_case, device, data, threads, pytestconfig):
     record(benchmark, threads, stage="add", spec=build_case.spec, n=build_case.n, d=build_case.d,
            metric=build_case.metric, device=device, dtype="float32", index_bytes=index_bytes,
            **data.dataset_record(build_case),
-           **({"theory_bytes": theory, "bytes_vs_theory": index_bytes / theory} if theory else {}),
-           **({"vectors_per_s": build_case.n / seconds} if seconds else {}))
+           **({THEORY_BYTES: theory, BYTES_VS_THEORY: index_bytes / theory} if theory else {}),
+           **({VECTORS_PER_S: build_case.n / seconds} if seconds else {}))

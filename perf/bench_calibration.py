@@ -4,7 +4,8 @@ import time
 
 import numpy as np
 
-from harness import median_seconds, record
+from embedsearch.fields import BANDWIDTH_GBS, GFLOPS, OVERHEAD
+from records import median_seconds, record
 
 MATMUL_SIZE = 2048
 COPY_BYTES = 256 * 2**20
@@ -20,7 +21,7 @@ def test_matmul_gflops(benchmark, threads):
     np.testing.assert_allclose(result[:2, :2], a[:2] @ b[:, :2], rtol=1e-3, atol=1e-2)
     seconds = median_seconds(benchmark)
     record(benchmark, threads, size=MATMUL_SIZE, dtype="float32",
-           **({"gflops": 2 * MATMUL_SIZE**3 / seconds / 1e9} if seconds else {}))
+           **({GFLOPS: 2 * MATMUL_SIZE**3 / seconds / 1e9} if seconds else {}))
 
 
 def test_copy_bandwidth(benchmark, threads):
@@ -30,7 +31,7 @@ def test_copy_bandwidth(benchmark, threads):
     benchmark(np.copyto, target, source)
     assert target[-1] == 1.0
     seconds = median_seconds(benchmark)
-    record(benchmark, threads, bytes=COPY_BYTES, **({"bandwidth_gbs": 2 * COPY_BYTES / seconds / 1e9} if seconds else {}))
+    record(benchmark, threads, bytes=COPY_BYTES, **({BANDWIDTH_GBS: 2 * COPY_BYTES / seconds / 1e9} if seconds else {}))
 
 
 def test_suite_overhead(benchmark, threads):
@@ -57,4 +58,4 @@ def test_suite_overhead(benchmark, threads):
     benchmark(operation)
     bare = min(before, bare_median())
     seconds = median_seconds(benchmark)
-    record(benchmark, threads, bare_seconds=bare, **({"overhead": seconds / bare - 1} if seconds else {}))
+    record(benchmark, threads, bare_seconds=bare, **({OVERHEAD: seconds / bare - 1} if seconds else {}))

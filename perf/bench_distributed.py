@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from embedsearch.data import DigitsImages
+from embedsearch.fields import EFFICIENCY, IMAGES_PER_S, IMAGES_PER_S_PER_WORKER, QUERIES_PER_S, TIME_VS_IN_PROCESS
 from embedsearch.index import build_index
 from embedsearch.metrics import recall_at_k
-from harness import CACHE, median_seconds, record
+from data_cache import CACHE
+from records import median_seconds, record
 from tiers import IndexCase
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
@@ -64,19 +66,19 @@ def test_sharded_search(benchmark, distributed_search_case, data, threads, clust
         if seconds:
             queries_per_s = case.nq / seconds
             _queries_per_s[(case.scaling, case.workers)] = queries_per_s
-            figures["queries_per_s"] = queries_per_s
+            figures[QUERIES_PER_S] = queries_per_s
             one_worker = _queries_per_s.get((case.scaling, 1))
             if one_worker:  # strong: ideal is workers x faster; weak: ideal is the same queries/s at workers x N
                 ideal = one_worker * (case.workers if case.scaling == "strong" else 1)
-                figures["efficiency"] = queries_per_s / ideal
+                figures[EFFICIENCY] = queries_per_s / ideal
             in_process = build_index("Flat", database, "ip")
             faiss.omp_set_num_threads(case.workers)
             try:
-                figures["time_vs_in_process"] = paired_ratio(lambda: index.search(queries, case.k),
+                figures[TIME_VS_IN_PROCESS] = paired_ratio(lambda: index.search(queries, case.k),
                                                                 lambda: in_process.search(queries, case.k))
             finally:
                 faiss.omp_set_num_threads(threads)
-        record(benchmark, threads, spec="Flat", scaling=case.scaling, workers=case.workers, threads_per_worker=1,
+        record(benchmark, threads, spec="Flat", scaling_mode=case.scaling, workers=case.workers, threads_per_worker=1,
                n=case.n, d=case.d, k=case.k, nq=case.nq, metric="ip", device="cpu", dtype="float32",
                recall=recall_at_k(ids, truth_ids[:, :case.k]), index_bytes=index.nbytes(), **figures)
     finally:
@@ -118,5 +120,5 @@ def test_distributed_embedding(benchmark, distributed_embed_case, threads, clust
     seconds = median_seconds(benchmark)
     record(benchmark, threads, model=case.model, images=case.images, workers=case.workers, threads_per_worker=1,
            batch_size=case.batch_size, device="cpu", weights="random",
-           **({"images_per_s": case.images / seconds, "images_per_s_per_worker": case.images / seconds / case.workers}
+           **({IMAGES_PER_S: case.images / seconds, IMAGES_PER_S_PER_WORKER: case.images / seconds / case.workers}
               if seconds else {}))

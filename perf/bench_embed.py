@@ -8,10 +8,12 @@ from timm.models.vision_transformer import VisionTransformer
 from embedsearch.data import DigitsImages
 from embedsearch.device import synchronize
 from embedsearch.embed import cpu_supports_bf16, embed_dataset, embed_images, load_model
+from embedsearch.fields import IMAGES_PER_S, KNN_TOP1_CHANGE, KNN_TOP1_FP32, MEAN_COSINE_TO_FP32
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
 from embedsearch.memory import vit_embedding_model_bytes
-from harness import median_seconds, memory_pass, record
+from memory_pass import memory_pass
+from records import median_seconds, record
 
 DIGITS_FOR_TOP1 = 300  # digits images embedded in both precisions to compare kNN top-1
 
@@ -49,7 +51,7 @@ def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
     record(benchmark, threads, **figures, model=embed_case.model, batch_size=embed_case.batch_size,
            precision=embed_case.precision, device=device, input_size=list(model.data_config["input_size"]),
            embedding_dim=model.embedding_dim, weights="random",
-           **({"images_per_s": embed_case.batch_size / seconds} if seconds else {}))
+           **({IMAGES_PER_S: embed_case.batch_size / seconds} if seconds else {}))
 
 
 def compare_to_fp32(model, embeddings: torch.Tensor, images: torch.Tensor, precision: str) -> dict:
@@ -69,5 +71,5 @@ def compare_to_fp32(model, embeddings: torch.Tensor, images: torch.Tensor, preci
         distances, ids = leave_one_out_search(build_index("Flat", vectors, "ip"), vectors, 10)
         scores = class_scores(ids, similarities(distances, "ip"), labels, 10)
         top1[name] = topk_accuracy(scores, labels)[1]
-    return {"mean_cosine_to_fp32": cosine, "knn_top1_change": top1[precision] - top1["fp32"],
-            "knn_top1_fp32": top1["fp32"]}
+    return {MEAN_COSINE_TO_FP32: cosine, KNN_TOP1_CHANGE: top1[precision] - top1["fp32"],
+            KNN_TOP1_FP32: top1["fp32"]}

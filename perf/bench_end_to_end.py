@@ -8,7 +8,7 @@ import pytest
 
 from embedsearch.experiment import ExperimentConfig, run_experiment
 from embedsearch.pretrained import efficientnet_lite0_weights
-from harness import record
+from records import record
 
 CHANCE_TOP1 = 0.1  # ten digit classes
 

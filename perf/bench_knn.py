@@ -2,9 +2,11 @@
 
 import numpy as np
 
+from embedsearch.fields import QUERIES_PER_S
 from embedsearch.index import build_index
 from embedsearch.knn import class_scores, leave_one_out_search, similarities, topk_accuracy
-from harness import median_seconds, memory_pass, record
+from memory_pass import memory_pass
+from records import median_seconds, record
 from tiers import IndexCase
 
 NEIGHBORS_DEPTH = 100  # val neighbours are searched once at this depth; each case uses the first k
@@ -33,7 +35,7 @@ def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
     record(benchmark, threads, n=knn_case.n_train, nq=knn_case.n_val, d=knn_case.d, classes=knn_case.n_classes,
            k=knn_case.k, vote=knn_case.vote, top1=accuracy[1], top5=accuracy[5],
            **data.dataset_record(IndexCase("Flat", knn_case.n_train, knn_case.d, "ip", knn_case.data)),
-           **({"queries_per_s": knn_case.n_val / seconds} if seconds else {}))
+           **({QUERIES_PER_S: knn_case.n_val / seconds} if seconds else {}))
 
 
 def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfig):
@@ -54,4 +56,4 @@ def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfi
     seconds = median_seconds(benchmark)
     record(benchmark, threads, spec=case.spec, n=case.n_train, nq=case.n_train, d=case.d, classes=case.n_classes,
            k=case.k, vote=case.vote, top1=accuracy[1], top5=accuracy[5],
-           **({"queries_per_s": case.n_train / seconds} if seconds else {}))
+           **({QUERIES_PER_S: case.n_train / seconds} if seconds else {}))

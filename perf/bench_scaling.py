@@ -1,8 +1,9 @@
 """Scaling: one search at growing N, everything else fixed; the run stores the fitted exponent of time vs N."""
 
-from bench_search import run_search_case
+from embedsearch.fields import SCALING
+from search_runner import run_search_case
 
 
 def test_scaling(benchmark, scaling_case, device, data, indexes, threads, pytestconfig):
     run_search_case(benchmark, scaling_case, device, data, indexes, threads, "scaling", pytestconfig)
-    benchmark.extra_info["scaling"] = True
+    benchmark.extra_info[SCALING] = True

@@ -9,15 +9,18 @@ from pathlib import Path
 import faiss
 import pytest
 import torch
-from pytest_benchmark.utils import get_tag
 
 from embedsearch.compare import ComparisonError, format_report
+from embedsearch.fields import BANDWIDTH_GBS, GFLOPS, MEMRAY_CAPTURE, PEAK_BYTES
 from embedsearch.gate import gate, rerun_suite
 from embedsearch.stats import scaling_exponents
 from embedsearch.storage import Run, save_run
 from embedsearch.index import create_index
 from embedsearch.vectors import VectorDataset
-from harness import CACHE, DataCache, IndexCache, planted_slowdown, slow_down
+from data_cache import CACHE, DataCache
+from index_cache import IndexCache
+from planted_slowdown import planted_slowdown, slow_down
+from suite_stash import BASELINE, SAVE_NAME
 from summary import print_summary, write_markdown_summary
 from tiers import TIERS, Tier, file_grid
 
@@ -28,7 +31,7 @@ CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "distributed_search_case": "distributed_search", "distributed_embed_case": "distributed_embed",
 }
 GATE_LINES = pytest.StashKey[list]()  # what sessionfinish saved and gated, printed in the terminal summary
-CALIBRATION = {"test_matmul_gflops": ("gflops", "matmul_gflops"), "test_copy_bandwidth": ("bandwidth_gbs", "copy_gbs")}
+CALIBRATION_FIGURES = {"test_matmul_gflops": (GFLOPS, "matmul_gflops"), "test_copy_bandwidth": (BANDWIDTH_GBS, "copy_gbs")}
 
 
 def tier_name(config: pytest.Config) -> str:
@@ -37,8 +40,8 @@ def tier_name(config: pytest.Config) -> str:
 
 
 def data_files(config: pytest.Config) -> dict[str, VectorDataset]:
-    """The --perf-data data sets by label (opened by the root conftest.py), their computed ground truth cached in CACHE."""
-    files = config.getoption("perf_datasets")
+    """The --perf-data data sets by label (opened as the options were parsed), their computed ground truth cached in CACHE."""
+    files = {dataset.label: dataset for dataset in config.getoption("perf_data")}
     for dataset in files.values():
         dataset.cache_dir = CACHE
     return files
@@ -57,7 +60,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    for case in cases]
             metafunc.parametrize(fixture, cases, ids=ids)
     if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", metafunc.config.getoption("perf_devices"), indirect=True)
+        metafunc.parametrize("device", metafunc.config.getoption("perf_device"), indirect=True)
 
 
 @pytest.fixture
@@ -101,14 +104,14 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
     calibration = {}
     for bench in output_json["benchmarks"]:
         function = bench["name"].split("[")[0]
-        if function in CALIBRATION and CALIBRATION[function][0] in bench["extra_info"]:
-            key, name = CALIBRATION[function]
+        if function in CALIBRATION_FIGURES and CALIBRATION_FIGURES[function][0] in bench["extra_info"]:
+            key, name = CALIBRATION_FIGURES[function]
             calibration[name] = bench["extra_info"][key]
     output_json["machine_info"]["calibration"] = calibration
     output_json["embedsearch"] = {
         "tier": tier_name(config), "threads": config.getoption("perf_threads"),
-        "devices": config.getoption("perf_devices"),
-        "data_files": [str(Path(path).resolve()) for path in config.getoption("perf_data")],  # the gate's rerun
+        "devices": config.getoption("perf_device"),
+        "data_files": [str(dataset.path.resolve()) for dataset in config.getoption("perf_data")],  # the gate's rerun
         "planted_slowdown": planted_slowdown(),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "faiss_gpus": faiss.get_num_gpus(),
@@ -134,14 +137,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     benchmark_session = getattr(config, "_benchmarksession", None)
     if benchmark_session is None or benchmark_session.disabled or not benchmark_session.benchmarks:
         return
-    save_name = config.getoption("perf_save_name", None)
-    baseline = config.getoption("perf_baseline", None)
+    save_name, baseline = config.stash[SAVE_NAME], config.stash[BASELINE]
     if not (save_name or baseline):
         return
     run = Run(run_json(config, benchmark_session))
     if save_name:
-        name = get_tag() if save_name == "autosave" else save_name
-        run.path = save_run(run.data, benchmark_session.storage.get(""), name)
+        run.path = save_run(run.data, benchmark_session.storage.get(""), save_name)
         config.stash[GATE_LINES] = [f"saved run: {run.path}"]
     if baseline:
         lines = config.stash.setdefault(GATE_LINES, [])
@@ -172,13 +173,13 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
 def write_worst_flamegraph(reporter, benchmarks, folder: Path) -> None:
     """Render memray's flame graph HTML of the benchmark with the largest peak."""
-    captured = [b for b in benchmarks if "memray_capture" in b.extra_info]
+    captured = [b for b in benchmarks if MEMRAY_CAPTURE in b.extra_info]
     if not captured:
         return
-    worst = max(captured, key=lambda b: b.extra_info["peak_bytes"])
+    worst = max(captured, key=lambda b: b.extra_info[PEAK_BYTES])
     html = folder / "worst-peak-flamegraph.html"
     html.unlink(missing_ok=True)
-    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "-o", str(html), worst.extra_info["memray_capture"]],
+    subprocess.run([sys.executable, "-m", "memray", "flamegraph", "-o", str(html), worst.extra_info[MEMRAY_CAPTURE]],
                    check=True, capture_output=True)
     reporter.write_line(f"memray captures: {folder}/*.bin; flame graph of the largest peak "
-                        f"({worst.name}, {worst.extra_info['peak_bytes'] / 2**20:.1f} MiB): {html}")
+                        f"({worst.name}, {worst.extra_info[PEAK_BYTES] / 2**20:.1f} MiB): {html}")

@@ -5,28 +5,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-FIGURES = (  # extra_info key, column title, format
-    ("images_per_s", "images/s", "{:.1f}"),
-    ("vectors_per_s", "vectors/s", "{:.0f}"),
-    ("queries_per_s", "queries/s", "{:.0f}"),
-    ("gflops", "GFLOP/s", "{:.1f}"),
-    ("bandwidth_gbs", "GB/s", "{:.1f}"),
-    ("recall", "recall@k", "{:.4f}"),
-    ("certified_fraction", "certified", "{:.4f}"),
-    ("mean_cosine_to_fp32", "cos to fp32", "{:.5f}"),
-    ("knn_top1_change", "top-1 change", "{:+.4f}"),
-    ("top1", "top-1", "{:.4f}"),
-    ("index_bytes", "index MiB", None),
-    ("bytes_vs_theory", "bytes/theory", "{:.3f}"),
-    ("peak_bytes", "peak MiB", None),
-    ("peak_vs_model", "peak/model", "{:.3f}"),
-    ("gpu_peak_bytes", "GPU peak MiB", None),
-    ("overhead", "overhead", "{:+.2%}"),
+from embedsearch.fields import (BANDWIDTH_GBS, BARE_SECONDS, BYTES_VS_THEORY, CERTIFIED_FRACTION, FIELDS, GFLOPS,
+                                GPU_PEAK_BYTES, IMAGES_PER_S, INDEX_BYTES, KNN_TOP1_CHANGE, MEAN_COSINE_TO_FP32,
+                                OVERHEAD, PEAK_BYTES, PEAK_VS_MODEL, QUERIES_PER_S, RECALL, SPEC, TOP1, VECTORS_PER_S)
+
+FIGURES = (  # extra_info field (embedsearch.fields), column title, format
+    (IMAGES_PER_S, "images/s", "{:.1f}"),
+    (VECTORS_PER_S, "vectors/s", "{:.0f}"),
+    (QUERIES_PER_S, "queries/s", "{:.0f}"),
+    (GFLOPS, "GFLOP/s", "{:.1f}"),
+    (BANDWIDTH_GBS, "GB/s", "{:.1f}"),
+    (RECALL, "recall@k", "{:.4f}"),
+    (CERTIFIED_FRACTION, "certified", "{:.4f}"),
+    (MEAN_COSINE_TO_FP32, "cos to fp32", "{:.5f}"),
+    (KNN_TOP1_CHANGE, "top-1 change", "{:+.4f}"),
+    (TOP1, "top-1", "{:.4f}"),
+    (INDEX_BYTES, "index MiB", None),
+    (BYTES_VS_THEORY, "bytes/theory", "{:.3f}"),
+    (PEAK_BYTES, "peak MiB", None),
+    (PEAK_VS_MODEL, "peak/model", "{:.3f}"),
+    (GPU_PEAK_BYTES, "GPU peak MiB", None),
+    (OVERHEAD, "overhead", "{:+.2%}"),
 )
 
 
 def _format(key: str, value, pattern: str | None) -> str:
-    if key in ("index_bytes", "peak_bytes", "gpu_peak_bytes"):
+    if FIELDS[key].unit == "bytes":
         return f"{value / 2**20:.2f}"
     return pattern.format(value) if isinstance(value, (int, float)) else str(value)
 
@@ -76,20 +80,20 @@ def headline_ratios(benchmarks) -> list[str]:
     """Exact-search GFLOP/s against the matmul calibration, torch and bf16 vs FAISS time, suite overhead."""
     lines = []
     by_name = {bench.name: bench for bench in benchmarks}
-    matmul = next((b.extra_info["gflops"] for b in benchmarks if b.name.startswith("test_matmul_gflops")), None)
+    matmul = next((b.extra_info[GFLOPS] for b in benchmarks if b.name.startswith("test_matmul_gflops")), None)
     for bench in benchmarks:
         info = bench.extra_info
-        if bench.name.startswith("test_brute_force") and info.get("spec") == "Flat" and matmul:
-            lines.append(f"{bench.name}: FAISS Flat {info['gflops']:.1f} GFLOP/s = "
-                         f"{info['gflops'] / matmul:.1%} of matmul {matmul:.1f} GFLOP/s")
+        if bench.name.startswith("test_brute_force") and info.get(SPEC) == "Flat" and matmul:
+            lines.append(f"{bench.name}: FAISS Flat {info[GFLOPS]:.1f} GFLOP/s = "
+                         f"{info[GFLOPS] / matmul:.1%} of matmul {matmul:.1f} GFLOP/s")
             twin = by_name.get(bench.name.replace("[Flat-", "[TorchFlat-"))
             if twin is not None:
                 lines.append(f"{twin.name}: torch / FAISS median time = {twin.stats.median / bench.stats.median:.3f}")
             bf16 = by_name.get(bench.name.replace("[Flat-", "[TorchFlat.bf16-"))
             if bf16 is not None:
                 lines.append(f"{bf16.name}: speed-up over FAISS Flat = {bench.stats.median / bf16.stats.median:.2f}x "
-                             f"(median times), certified fraction {bf16.extra_info['certified_fraction']:.4f}")
-        if "overhead" in info:
-            lines.append(f"{bench.name}: timed call adds {info['overhead']:+.2%} to a "
-                         f"{info['bare_seconds'] * 1e3:.2f} ms operation (bare loop median)")
+                             f"(median times), certified fraction {bf16.extra_info[CERTIFIED_FRACTION]:.4f}")
+        if OVERHEAD in info:
+            lines.append(f"{bench.name}: timed call adds {info[OVERHEAD]:+.2%} to a "
+                         f"{info[BARE_SECONDS] * 1e3:.2f} ms operation (bare loop median)")
     return lines

@@ -1,5 +1,7 @@
 """The suite's own options (root conftest.py)."""
 
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,40 @@ def test_an_unwritable_benchmark_json_is_refused_before_the_run(tmp_path):
                                 f"--benchmark-json={path}", "perf/bench_knn.py"],
                                cwd=ROOT, capture_output=True, text=True)
     assert completed.returncode == pytest.ExitCode.USAGE_ERROR and f"can't open '{path}'" in completed.stderr
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--perf-device=cpu,gpu", "argument --perf-device: 'cpu,gpu': expected a comma list from ('cpu', 'cuda')"),
+    ("--perf-threads=0", "argument --perf-threads: '0': expected a positive integer"),
+])
+def test_bad_option_values_are_refused_by_their_converters(option, message):
+    completed = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q", option,
+                                "tests/test_device.py"], cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == pytest.ExitCode.USAGE_ERROR and message in completed.stderr, completed.stderr
+
+
+def root_conftest():
+    """The root conftest.py as a module of its own (pytest has one named `conftest` already)."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Options:
+    """A pytest config's getoption over the given pytest-benchmark options."""
+
+    def __init__(self, **options):
+        self.options = {"benchmark_save": None, "benchmark_autosave": None, "benchmark_json": None, **options}
+
+    def getoption(self, name):
+        return self.options[name]
+
+
+def test_a_timed_run_is_saved_under_the_name_given_else_a_generated_tag_unless_json_takes_it():
+    save_name = root_conftest().save_name
+    assert save_name(Options(benchmark_save="autosave")) == "autosave"  # a name like any other
+    assert save_name(Options(benchmark_autosave="abc_20261125_120000")) == "abc_20261125_120000"
+    assert save_name(Options(benchmark_json="run.json")) is None
+    assert save_name(Options(benchmark_json="run.json", benchmark_save="named")) == "named"
+    assert re.fullmatch(r"\w+_\d{8}_\d{6}(_uncommited-changes)?", save_name(Options()))  # pytest-benchmark's tag

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from summary import FIGURES
+
+from embedsearch.fields import FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,3 +29,7 @@ def test_timed_run_writes_its_figures_as_markdown_to_the_file_and_appends_them_t
                          "| --- | ---: | ---: |"]
     assert len(lines) == 5 and re.fullmatch(r"\| `test_copy_bandwidth` \| \d+\.\d\d \| \d+\.\d \|", lines[4])
     assert step_summary.read_text() == "an earlier step's summary\n" + markdown.read_text()
+
+
+def test_every_figure_of_the_summary_is_a_declared_field():
+    assert {key for key, _, _ in FIGURES} - FIELDS.keys() == set()

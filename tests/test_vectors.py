@@ -233,4 +233,4 @@ def test_bad_perf_data_is_a_usage_error(tmp_path):
     path.write_bytes((FIXTURES / "tiny.fbin").read_bytes()[:100])
     completed = run_suite(f"--perf-data={path}", "--collect-only")
     assert completed.returncode == 4
-    assert f"--perf-data={path}: {path}: truncated" in completed.stderr
+    assert f"argument --perf-data: {path}: truncated" in completed.stderr

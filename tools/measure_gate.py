@@ -3,7 +3,7 @@
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
 
-A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/harness.py busy-waits that fraction
+A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/planted_slowdown.py busy-waits that fraction
 of every timed call except calibration; the library is untouched).
 
 `ab`: each run is `embedsearch ab HEAD` (base: the HEAD commit's worktree; head: this working

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .fields import GPU_PEAK_BYTES, INDEX_BYTES, PEAK_BYTES, RECALL, TOP1
 from .storage import Run
 
 REGRESSION_VERDICTS = ("slower", "worse", "changed", "failed")
@@ -93,16 +94,16 @@ def check_median(name: str, median: object, source: str) -> float:
 def compare_figures(name: str, base_info: dict, current_info: dict, thresholds: Thresholds) -> list[Comparison]:
     """Peak memory, index bytes, recall and top-1 of one benchmark held by both sides."""
     comparisons = []
-    for key in ("peak_bytes", "gpu_peak_bytes"):
+    for key in (PEAK_BYTES, GPU_PEAK_BYTES):
         if key in base_info and key in current_info:
             allowed = base_info[key] * (1 + thresholds.memory_relative) + thresholds.memory_absolute_bytes
             verdict = "worse" if current_info[key] > allowed else "same"
             comparisons.append(figure(name, key, base_info[key], current_info[key], verdict))
-    if "index_bytes" in base_info and "index_bytes" in current_info:
-        difference = current_info["index_bytes"] - base_info["index_bytes"]
+    if INDEX_BYTES in base_info and INDEX_BYTES in current_info:
+        difference = current_info[INDEX_BYTES] - base_info[INDEX_BYTES]
         verdict = "worse" if difference > 0 else "better" if difference < 0 else "same"
-        comparisons.append(figure(name, "index_bytes", base_info["index_bytes"], current_info["index_bytes"], verdict))
-    for key, drop in (("recall", thresholds.recall_drop), ("top1", thresholds.accuracy_drop)):
+        comparisons.append(figure(name, INDEX_BYTES, base_info[INDEX_BYTES], current_info[INDEX_BYTES], verdict))
+    for key, drop in ((RECALL, thresholds.recall_drop), (TOP1, thresholds.accuracy_drop)):
         if key in base_info and key in current_info:
             change = current_info[key] - base_info[key]
             verdict = "worse" if change < -drop else "better" if change > drop else "same"

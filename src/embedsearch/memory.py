@@ -163,6 +163,7 @@ def bf16_search_model_bytes(index, nq: int, k: int) -> int:
 
 
 KMEANS_MAX_POINTS_PER_CENTROID = 256  # FAISS ClusteringParameters default: k-means subsamples above it
+IVF_FLAT_SPEC = re.compile(r"IVF(\d+),Flat")  # an IVF{nlist},Flat factory spec; group 1: nlist
 
 
 def build_model_bytes(spec: str, stage: str, n: int, d: int, metric: str = "ip") -> int | None:
@@ -191,7 +192,7 @@ def build_model_bytes(spec: str, stage: str, n: int, d: int, metric: str = "ip")
         scored_d = d + (3 if metric == "l2" else 1)
         torch_flat = build_model_bytes("TorchFlat", "add", n, d, metric)
         return torch_flat + 2 * n * scored_d + 14 * min(n, 8192) * d + 16 * 1024 * scored_d
-    match = re.fullmatch(r"IVF(\d+),Flat", spec)
+    match = IVF_FLAT_SPEC.fullmatch(spec)
     if match is None:
         return None
     nlist = int(match.group(1))

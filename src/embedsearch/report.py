@@ -16,17 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .fields import (DATASET, D, FIELDS, GFLOPS, IMAGES_PER_S, INDEX_BYTES, K, N, PARAMS, PEAK_BYTES, QUERIES_PER_S,
+                     RECALL, SPEC, TOP1, VECTORS_PER_S)
 from .gate import MIN_EFFECT
 from .index import EXACT_SPECS
 from .stats import change_points
 from .storage import Run
 
-HOVER_FIGURES = (  # extra_info key, label, format; *_bytes are shown in MiB
-    ("queries_per_s", "queries/s", "{:,.0f}"), ("vectors_per_s", "vectors/s", "{:,.0f}"),
-    ("images_per_s", "images/s", "{:.1f}"), ("gflops", "GFLOP/s", "{:.1f}"), ("recall", "recall@k", "{:.4f}"),
-    ("top1", "top-1", "{:.4f}"), ("peak_bytes", "peak MiB", "{:.2f}"), ("index_bytes", "index MiB", "{:.2f}"),
+HOVER_FIGURES = (  # extra_info field (embedsearch.fields), label, format; bytes are shown in MiB
+    (QUERIES_PER_S, "queries/s", "{:,.0f}"), (VECTORS_PER_S, "vectors/s", "{:,.0f}"),
+    (IMAGES_PER_S, "images/s", "{:.1f}"), (GFLOPS, "GFLOP/s", "{:.1f}"), (RECALL, "recall@k", "{:.4f}"),
+    (TOP1, "top-1", "{:.4f}"), (PEAK_BYTES, "peak MiB", "{:.2f}"), (INDEX_BYTES, "index MiB", "{:.2f}"),
 )
-QUALITY_FIGURES = (("recall", "recall@k"), ("top1", "top-1"))
+QUALITY_FIGURES = ((RECALL, "recall@k"), (TOP1, "top-1"))
 MEDIAN_COLOR, BAND_COLOR, FIT_COLOR = "#1f77b4", "rgba(31, 119, 180, 0.2)", "#ff7f0e"
 STEP_COLORS = {"slower": "#d62728", "faster": "#2ca02c"}
 
@@ -194,11 +196,11 @@ def pareto_settings(run: Run) -> dict[tuple[str, int, int, int], dict[str, list[
     settings: dict[tuple[str, int, int, int], dict[str, list[tuple[float, float, str]]]] = {}
     for bench in run.data["benchmarks"]:
         info = bench.get("extra_info") or {}
-        if (bench["name"].startswith("test_search[") and info.get("spec") not in EXACT_SPECS
-                and "queries_per_s" in info and "recall" in info):
-            setting = settings.setdefault((str(info.get("dataset", "")), info["n"], info["d"], info["k"]), {})
-            label = " ".join(f"{key}={value}" for key, value in (info.get("params") or {}).items())
-            setting.setdefault(info["spec"], []).append((info["queries_per_s"], info["recall"], label))
+        if (bench["name"].startswith("test_search[") and info.get(SPEC) not in EXACT_SPECS
+                and QUERIES_PER_S in info and RECALL in info):
+            setting = settings.setdefault((str(info.get(DATASET, "")), info[N], info[D], info[K]), {})
+            label = " ".join(f"{key}={value}" for key, value in (info.get(PARAMS) or {}).items())
+            setting.setdefault(info[SPEC], []).append((info[QUERIES_PER_S], info[RECALL], label))
     return dict(sorted(settings.items()))
 
 
@@ -269,7 +271,7 @@ def trend_figure(runs: list[Run], names: list[str], steps: dict[str, list[Step]]
                 traces.append(go.Scatter(x=x, y=values, mode="lines+markers", name=label, hovertext=hover,
                                          hovertemplate="%{hovertext}<extra></extra>"))
                 rows.append(2)
-        peaks = [bench.get("extra_info", {}).get("peak_bytes") for _, _, bench in points]
+        peaks = [bench.get("extra_info", {}).get(PEAK_BYTES) for _, _, bench in points]
         if any(peak is not None for peak in peaks):
             traces.append(go.Scatter(x=x, y=[None if peak is None else peak / 2**20 for peak in peaks],
                                      mode="lines+markers", name="peak MiB", line={"color": "#9467bd"},
@@ -364,12 +366,12 @@ def memory_figure(runs: list[Run], names_by_stage: dict[str, list[str]]):
         shown = False
         for name in names:
             points = [(position, run, run.benchmarks[name]) for position, run in enumerate(runs)
-                      if "peak_bytes" in (run.benchmarks.get(name, {}).get("extra_info") or {})]
+                      if PEAK_BYTES in (run.benchmarks.get(name, {}).get("extra_info") or {})]
             if not points:
                 continue
             figure.add_trace(go.Scatter(
                 x=[position + 1 for position, _, _ in points],
-                y=[bench["extra_info"]["peak_bytes"] / 2**20 for _, _, bench in points], mode="lines+markers",
+                y=[bench["extra_info"][PEAK_BYTES] / 2**20 for _, _, bench in points], mode="lines+markers",
                 name=parameters(name), visible=not stages, hovertext=[f"{name}<br>" + _hover(run, bench)
                                                                      for _, run, bench in points],
                 hovertemplate="%{hovertext}<extra></extra>"))
@@ -484,7 +486,7 @@ def _hover(run: Run, bench: dict) -> str:
              f"-{stats.get('q3', stats['median']) * 1e3:.3f})"]
     for key, label, pattern in HOVER_FIGURES:
         if isinstance(info.get(key), (int, float)):
-            value = info[key] / 2**20 if key.endswith("_bytes") else info[key]
+            value = info[key] / 2**20 if FIELDS[key].unit == "bytes" else info[key]
             lines.append(f"{label} {pattern.format(value)}")
     return "<br>".join(lines)
 
