@@ -31,9 +31,14 @@ _queries_per_s: dict[tuple[str, int], float] = {}  # (scaling, workers) -> Ray q
 
 
 @pytest.fixture(scope="module")
-def cluster_cpus() -> int:
-    """CPUs of the Ray cluster: the one this session already uses, else a local one started here."""
-    return int(connect().cluster_resources().get("CPU", 0))
+def cluster_cpus():
+    """CPUs of the Ray cluster: the one this session already uses, else a local one started here and
+    shut down after this module: a local cluster left running takes CPU time from every later
+    benchmark (README "The A/B gate": process-to-process noise)."""
+    started_here = not ray.is_initialized()
+    yield int(connect().cluster_resources().get("CPU", 0))
+    if started_here:
+        ray.shutdown()
 
 
 def paired_ratio(first, second) -> float:
