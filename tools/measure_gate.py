@@ -2,6 +2,7 @@
 
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
+    python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
 
 A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/planted_slowdown.py busy-waits that fraction
 of every timed call except calibration; the library is untouched).
@@ -13,6 +14,10 @@ alike. Prints per case: runs with any alarm, the share of slowed benchmarks (med
 caught, the wall time of one gate run next to one timed run of the same tier; and the same
 pairs re-judged at other minimum effects.
 
+`passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
+per benchmark, the spread of its estimate between passes beside its within-pass standard error,
+and the process offset they imply (`embedsearch.ab.PROCESS_OFFSET` is set from it).
+
 `stored`: the stored-baseline gate: one baseline run, then unchanged and slowed runs, each gated
 at several minimum effects with one rerun of the suspects (repeat-on-doubt).
 """
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -30,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import ABResult, estimate, run_ab, time_verdict, write_record
+from embedsearch.ab import MAX_PAIRS, PAIRS, ABResult, estimate, make_side, run_ab, run_session, time_verdict, write_record
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
 
@@ -78,10 +85,58 @@ def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
             if slower(b, first_alpha) and confirmed(b.name)}
 
 
-def measure_ab(args: argparse.Namespace) -> None:
+def require_clean_tree() -> None:
     if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                       capture_output=True, text=True).stdout.strip():
         sys.exit("the working tree has uncommitted changes: A/A needs the working tree equal to HEAD")
+
+
+def measure_passes(args: argparse.Namespace) -> None:
+    """A/A passes of fresh workers: each benchmark's between-pass spread and the process offset it implies.
+
+    A pass's log-ratio estimate = process offset (fixed for the pair of processes) + pair noise
+    (its within-pass standard error s). Over passes, var = tau^2 + mean(s^2), so
+    tau^2 = var - mean(s^2) per benchmark; pooled over benchmarks by averaging, clipped at 0."""
+    require_clean_tree()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-passes-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    base, head = make_side(ROOT, "base", "HEAD"), make_side(ROOT, "head", None)
+    rng, estimates = random.Random(), {}
+    for index in range(args.runs):
+        started = time.perf_counter()
+        session = run_session(base, head, [*args.pytest_args, "--no-perf-memory"], rng, PAIRS, MAX_PAIRS,
+                              args.min_effect, {}, lambda *a, **k: None)
+        for benchmark in session.paired:
+            found = estimate(benchmark, session.alpha)
+            median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
+            estimates.setdefault(benchmark.name, []).append(
+                {"log_ratio": math.log(found.ratio), "standard_error": found.log_standard_error, "base_median": median})
+        (folder / "passes.json").write_text(json.dumps({"pytest_args": args.pytest_args, "estimates": estimates}, indent=1))
+        print(f"pass {index + 1}/{args.runs}: {len(session.paired)} benchmarks, {time.perf_counter() - started:.0f} s",
+              flush=True)
+    print_passes_summary(estimates)
+    print(f"passes kept in {folder}")
+
+
+def print_passes_summary(estimates: dict[str, list[dict]]) -> None:
+    """Per benchmark (median over 1 ms): between-pass sd, rms within-pass standard error, offset tau; pooled tau."""
+    print(f"\n{'passes':>6} {'sd between':>10} {'rms s':>7} {'tau':>6}  benchmark (log-ratio, %)")
+    excess = []
+    for name, rows in sorted(estimates.items()):
+        if len(rows) < 2 or np.median([row["base_median"] for row in rows]) <= 1e-3 or name.split("::")[-1].startswith(UNSLOWED):
+            continue
+        log_ratios = np.array([row["log_ratio"] for row in rows])
+        within = float(np.mean([row["standard_error"] ** 2 for row in rows]))
+        between = float(log_ratios.var(ddof=1))
+        excess.append(between - within)
+        print(f"{len(rows):>6} {math.sqrt(between):>10.2%} {math.sqrt(within):>7.2%} "
+              f"{math.sqrt(max(0.0, between - within)):>6.2%}  {name.split('::')[-1][:80]}")
+    print(f"pooled process offset tau over {len(excess)} benchmarks: {math.sqrt(max(0.0, float(np.mean(excess)))):.2%}"
+          f" (per-benchmark tau, 90th percentile: {math.sqrt(max(0.0, float(np.percentile(excess, 90)))):.2%})")
+
+
+def measure_ab(args: argparse.Namespace) -> None:
+    require_clean_tree()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-ab-"))
     folder.mkdir(parents=True, exist_ok=True)
     _, plain_seconds = timed_run(folder / "timed-run.json", 0.0, args.pytest_args)
@@ -194,7 +249,8 @@ def measure_stored(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("gate", choices=("ab", "stored"), help="which gate to measure")
+    parser.add_argument("gate", choices=("ab", "passes", "stored"),
+                        help="which gate to measure; passes: the A/B gate's process offset")
     parser.add_argument("--runs", type=int, default=20, help="runs per case (default 20)")
     parser.add_argument("--slowdowns", type=float, nargs="+", default=[0.05, 0.10],
                         help="planted slowdowns as fractions (default 0.05 0.10)")
@@ -215,7 +271,7 @@ def main() -> int:
     if args.summarize:
         print_ab_summary(json.loads((args.summarize / "ab-runs.json").read_text()))
     else:
-        (measure_ab if args.gate == "ab" else measure_stored)(args)
+        {"ab": measure_ab, "passes": measure_passes, "stored": measure_stored}[args.gate](args)
     return 0
 
 

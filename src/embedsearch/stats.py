@@ -70,6 +70,7 @@ class PairedEstimate:
     ratio: float  # exp of the estimated mean log-ratio
     low: float  # interval bounds on the ratio at the level asked for
     high: float
+    log_standard_error: float = math.inf  # of the mean log-ratio; inf with fewer than 3 pairs
 
 
 def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: float) -> PairedEstimate:
@@ -103,7 +104,8 @@ def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: fl
     from scipy.stats import t as student_t
 
     half_width = float(student_t.ppf(1 - alpha, pairs - 2)) * standard_error
-    return PairedEstimate(pairs, math.exp(mean), math.exp(mean - half_width), math.exp(mean + half_width))
+    return PairedEstimate(pairs, math.exp(mean), math.exp(mean - half_width), math.exp(mean + half_width),
+                          standard_error)
 
 
 def scaling_exponents(benchmarks: list[dict]) -> list[dict]:
