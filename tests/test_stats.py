@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from embedsearch.stats import (ChangePoint, bootstrap_ratio, change_points, crossover_estimate, l1_costs,
-                               scaling_exponents, segmentations)
+from embedsearch.stats import (ChangePoint, PairedEstimate, across_passes, benjamini_hochberg, bootstrap_ratio,
+                               change_points, crossover_estimate, l1_costs, scaling_exponents, segmentations)
 from saved_runs import noisy
 
 
@@ -64,6 +64,49 @@ def test_crossover_estimate_detects_known_effects_and_holds_its_level_on_no_effe
     base_first, head_first = pairs(1.0, 0.0, 0.02)
     base_first[0] = math.log(3.0)
     assert crossover_estimate(base_first, head_first, alpha).low < 1
+
+
+def test_across_passes_is_a_t_test_over_the_passes_estimates():
+    passes = [PairedEstimate(10, math.exp(v), 0, 0, 0.01) for v in (0.10, 0.06, 0.08, 0.12)]
+    found, p_slower = across_passes(passes, alpha=0.025)
+    logs = np.array([0.10, 0.06, 0.08, 0.12])
+    standard_error = logs.std(ddof=1) / 2
+    assert found.pairs == 40 and found.ratio == pytest.approx(math.exp(0.09))
+    assert found.log_standard_error == pytest.approx(standard_error)
+    assert found.low == pytest.approx(math.exp(0.09 - 3.182446305 * standard_error))  # t, 3 degrees, 0.975
+    assert p_slower == pytest.approx(0.00303, abs=1e-5)  # t = 0.09 / 0.0129 = 6.97 with 3 degrees
+    for bad in ({"passes": passes[:1]}, {"alpha": 0.0}):
+        with pytest.raises(ValueError):
+            across_passes(**{"passes": passes, "alpha": 0.025, **bad})
+
+
+def test_benjamini_hochberg_steps_up_from_the_largest_p_value_under_its_line():
+    # m = 5, alpha = 0.05: lines 0.01, 0.02, 0.03, 0.04, 0.05. The 3rd smallest (0.025) is under
+    # its line, so the two below it are rejected too, though 0.015 is over its own line.
+    assert benjamini_hochberg([0.025, 0.2, 0.015, 0.001, 0.5], 0.05) == [True, False, True, True, False]
+    assert benjamini_hochberg([0.02, 0.03], 0.01) == [False, False]
+    assert benjamini_hochberg([], 0.05) == []
+
+
+def test_a_gate_run_of_true_nulls_with_process_offsets_alarms_within_alpha():
+    rng = np.random.default_rng(11)
+    alpha = 0.05
+
+    def passes(effect: float, offset: float) -> list[PairedEstimate]:  # 4 fresh process pairs, 6 noisy pairs each
+        found = []
+        for _ in range(4):
+            shift = rng.normal(0, offset)
+            found.append(crossover_estimate(*(rng.normal(math.log(effect) + shift, 0.02, 3) for _ in range(2)), alpha))
+        return found
+
+    # 2000 A/A runs of 3 suspects each, offsets from 1% to 12% as measured here: runs with any alarm
+    # stay near alpha (100 expected, binomial sd 10; here 112, seeded).
+    alarmed = sum(any(benjamini_hochberg([across_passes(passes(1.0, offset), alpha)[1] for offset in (0.01, 0.04, 0.12)],
+                                         alpha)) for _ in range(2000))
+    assert alarmed == 112
+    # 10% slower with a 3% offset: found in every run
+    found = [across_passes(passes(1.10, 0.03), alpha)[1] <= alpha for _ in range(500)]
+    assert sum(found) == 500
 
 
 @pytest.mark.parametrize("base_first, head_first, alpha", [

@@ -16,7 +16,7 @@ pairs re-judged at other minimum effects.
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,
-and the process offset they imply (`embedsearch.ab.PROCESS_OFFSET` is set from it).
+and the process offset they imply (README: "process offsets").
 
 `stored`: the stored-baseline gate: one baseline run, then unchanged and slowed runs, each gated
 at several minimum effects with one rerun of the suspects (repeat-on-doubt).
@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import MAX_PAIRS, PAIRS, ABResult, estimate, make_side, run_ab, run_session, time_verdict, write_record
+from embedsearch.ab import (MAX_PAIRS, PAIRS, ABResult, estimate, make_side, run_ab, run_session, time_comparisons,
+                            write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
 
@@ -64,25 +65,14 @@ def slowed_names(result: ABResult) -> list[str]:
 
 
 def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
-    """Benchmarks the same pairs would call slower, and confirm in every pass, at another minimum effect.
+    """Benchmarks the same passes would call slower at another minimum effect.
 
-    Approximate: the sequential pairs and the confirmation passes ran for the gate's own minimum
-    effect, so a benchmark the gate did not suspect has no confirmation pairs to judge.
+    Approximate: the suspects were chosen at the gate's own minimum effect, so at a smaller one a
+    benchmark the gate did not suspect has no confirmation pass and cannot be found slower.
     """
-    first_alpha = result.settings["alpha_per_look"]
-    passes = [{b.name: b for b in paired} for paired in result.confirmations]
-
-    def slower(benchmark, alpha: float) -> bool:
-        return time_verdict(estimate(benchmark, alpha), min_effect) == "slower"
-
-    def confirmed(name: str) -> bool:
-        # each pass is tested at ALPHA / (its benchmarks x looks), as the gate did
-        return len(passes) == result.settings["confirmations"] and all(
-            name in paired and slower(paired[name], first_alpha * len(result.benchmarks) / len(paired))
-            for paired in passes)
-
-    return {b.name.split("::")[-1] for b in result.benchmarks  # the node id's last part is the benchmark's name
-            if slower(b, first_alpha) and confirmed(b.name)}
+    comparisons = time_comparisons(result.benchmarks, result.settings["alpha_per_look"], result.confirmations,
+                                   min_effect, {})
+    return {c.name.split("::")[-1] for c in comparisons if c.verdict == "slower"}  # the node id's last part
 
 
 def require_clean_tree() -> None:
@@ -153,7 +143,7 @@ def measure_ab(args: argparse.Namespace) -> None:
             row = {"seconds": result.seconds, "alarms": [f"{c.name} {c.metric}" for c in result.report.regressions],
                    "slowed": slowed, "caught": sorted(time_alarms & set(slowed)),
                    "ratios": {c.name: c.ratio for c in result.report.comparisons if c.metric == "time"},
-                   "first_pass_slower": sorted(c.name for c in result.report.comparisons if c.verdict == "slower"),
+                   "suspects": sorted(c.name for c in result.report.comparisons if c.passes),
                    "rejudged": {str(effect): sorted(rejudged_alarms(result, effect)) for effect in args.rejudge}}
             record["rows"][str(slowdown)].append(row)
             write_record(result, folder / f"run-{index + 1:02d}-slowdown-{slowdown:.2f}.json")  # every pair

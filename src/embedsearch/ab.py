@@ -14,20 +14,23 @@ benchmarking, Chromium Pinpoint):
    timed runs: the other is paused. The first block (WARMUP_PAIRS) is left out of the estimate:
    over this session's A/A and 10% runs a benchmark's first pair strayed from its median
    log-ratio by 22.5% on average, its second by 17.3%, later ones by 8-12%.
-3. A pair's log-ratio is log(median head round / median base round). The verdict comes from the
-   crossover estimate over both orders and its Student-t bound (`stats.crossover_estimate`),
-   sequentially: `pairs` pairs, then twice and four times as many for suspects (leaning slower
-   by half the minimum effect, not yet proven), up to `max_pairs`. Every look of every
-   benchmark is tested at ALPHA / (benchmarks x looks) (Bonferroni), so the pair-to-pair noise
-   of a whole pass stays within a false-alarm rate of ALPHA whatever the dependence between
-   tests. A regression needs the bound above 1 and the ratio above 1 + min_effect, and then the
-   same again in each of CONFIRMATIONS passes by fresh workers of both sides (each pass tested
-   at ALPHA / (its benchmarks x looks)). Pairs between the same two processes cannot reveal
-   that the two processes differ for their whole life, and they do: in A/A runs here a
-   benchmark's ratio between two fresh pairs of workers moved by up to 16% (a FAISS Flat search,
-   first pass 1.16, confirmation 1.00). Assumed: those process offsets are independent between
-   passes, so a benchmark whose offset passes the minimum effect with probability q raises a
-   false alarm with probability q^(1 + CONFIRMATIONS).
+3. A pair's log-ratio is log(median head round / median base round). A pass's estimate is the
+   crossover estimate over both orders with its standard error (`stats.crossover_estimate`),
+   sequentially: `pairs` pairs, then twice and four times as many while the benchmark leans
+   slower by half the minimum effect without a clear within-pass verdict, up to `max_pairs`.
+   Pairs between the same two processes cannot reveal that the two processes differ for their
+   whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
+   7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
+   (README: "process offsets"). So a benchmark whose first-pass ratio passes 1 + min_effect (a
+   suspect) is timed again in CONFIRMATIONS passes, each by fresh workers of both sides, and
+   judged on those passes alone (`stats.across_passes`: a t-test over the passes' estimates,
+   which carries each benchmark's own process-to-process spread). The first pass only selects:
+   its estimate is biased upward by the selection, and the confirmation passes are independent
+   of it, so each suspect's p-value holds whatever was selected. The suspects' p-values go
+   through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
+   chance of any alarm is at most ALPHA; with many real slowdowns it keeps more power than
+   Bonferroni. A regression needs rejection and a confirmed ratio above 1 + min_effect.
+   Improvements ("faster") come from the first pass's pairs alone and are not confirmed.
 4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
    sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
    side only is a regression.
@@ -56,14 +59,15 @@ import numpy as np
 
 from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
 from .files import write_atomically
-from .stats import PairedEstimate, crossover_estimate
+from .stats import PairedEstimate, across_passes, benjamini_hochberg, crossover_estimate
 from .storage import Run, load_run, save_run
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
 MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
 PAIRS = 10  # pairs at the first look; suspects get 2x and 4x as many, up to MAX_PAIRS
 MAX_PAIRS = 40
-CONFIRMATIONS = 2  # passes of fresh workers that must each find a first-pass slowdown again
+CONFIRMATIONS = 4  # passes of fresh workers that time the first pass's suspects again: 3 degrees of freedom
+CONFIRMATION_PAIRS = 6  # pairs per benchmark in a confirmation pass: the process offset, not the pairs, limits it
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
 WARMUP_PAIRS = 2  # one block of both orders run first and left out of the estimate (README: "burn-in")
 LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
@@ -464,10 +468,10 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
            head_environment: dict[str, str] | None = None, log=print) -> ABResult:
     """Run both revisions' suites in lockstep and judge every benchmark they share.
 
-    A benchmark judged slower is timed again in up to CONFIRMATIONS passes, each by fresh workers
-    of both sides, and stays a regression only if every pass finds it slower too: a pair of
-    processes can differ by several percent for its whole life, which no number of pairs between
-    the same two processes reveals. `head_environment` is added to the head workers'
+    A benchmark whose first-pass ratio passes 1 + min_effect is timed again in CONFIRMATIONS
+    passes, each by fresh workers of both sides (CONFIRMATION_PAIRS pairs each), and judged on
+    those passes: a pair of processes can differ by several percent for its whole life, which no
+    number of pairs between the same two processes reveals. `head_environment` is added to the head workers'
     environment only (tools/measure_gate.py plants a slowdown with it). Both sides' first-pass
     runs are saved as ordinary pytest-benchmark runs under `storage`.
     """
@@ -488,13 +492,13 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
     confirmations: list[Session] = []
-    suspects = slower_names(first, min_effect)
+    suspects = suspect_names(first, min_effect)
     while suspects and len(confirmations) < CONFIRMATIONS:
-        log(f"confirmation {len(confirmations) + 1} of {CONFIRMATIONS}: {len(suspects)} slower benchmark(s), "
-            f"fresh workers")
-        confirmations.append(run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, pairs, max_pairs,
+        log(f"confirmation {len(confirmations) + 1} of {CONFIRMATIONS}: {len(suspects)} suspect(s) "
+            f"(ratio over {1 + min_effect:.2f}), fresh workers")
+        confirmations.append(run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, CONFIRMATION_PAIRS,
+                                         CONFIRMATION_PAIRS,
                                          min_effect, head_environment or {}, log, only=suspects))
-        suspects = slower_names(confirmations[-1], min_effect)
     saved = []
     if storage is not None:
         for role, run in first.runs.items():
@@ -507,41 +511,59 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     for nodeid in first.removed:
         report.notes.append(f"{nodeid}: removed in head, not compared")
     settings = {"alpha": ALPHA, "alpha_per_look": first.alpha, "min_effect": min_effect, "pairs": pairs,
-                "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
+                "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "confirmation_pairs": CONFIRMATION_PAIRS, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
                 "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
     return ABResult(base, head, report, first.paired, [session.paired for session in confirmations], first.added,
                     first.removed, time.perf_counter() - started, saved, settings)
 
 
-def slower_names(session: Session, min_effect: float) -> list[str]:
-    """The benchmarks a pass judged slower."""
-    return [b.name for b in session.paired if time_verdict(estimate(b, session.alpha), min_effect) == "slower"]
+def suspect_names(session: Session, min_effect: float) -> list[str]:
+    """The benchmarks whose ratio in a pass passes 1 + min_effect."""
+    return [b.name for b in session.paired if estimate(b, session.alpha).ratio > 1 + min_effect]
 
 
 def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
-    """The crossover estimate of a benchmark's head / base ratio from its pairs."""
+    """The crossover estimate of a benchmark's head / base ratio from the pairs of one pass."""
     return crossover_estimate(*benchmark.log_ratios_by_order(), alpha)
+
+
+def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmations: list[list[PairedBenchmark]],
+                     min_effect: float, names: dict[str, str]) -> list[Comparison]:
+    """The time verdict of every first-pass benchmark (module docstring, step 3).
+
+    A benchmark timed in at least two confirmation passes is judged on them (t over the passes,
+    Benjamini-Hochberg over all such benchmarks at ALPHA); any other on its first pass's pairs
+    (`first_alpha` per look), which can find it faster but not slower."""
+    again = {benchmark.name: [b for passed in confirmations for b in passed if b.name == benchmark.name]
+             for benchmark in first}
+    confirmed = [benchmark for benchmark in first if len(again[benchmark.name]) >= 2]
+    tests = {b.name: across_passes([estimate(c, ALPHA) for c in again[b.name]], ALPHA) for b in confirmed}
+    rejected = dict(zip(tests, benjamini_hochberg([p for _, p in tests.values()], ALPHA)))
+    comparisons = []
+    for benchmark in first:
+        name = names.get(benchmark.name, benchmark.name)
+        base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
+        head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
+        if benchmark.name in tests:
+            found = tests[benchmark.name][0]
+            verdict = ("same" if not rejected[benchmark.name] else
+                       "slower" if found.ratio > 1 + min_effect else "unsure")
+            passes = tuple(estimate(b, ALPHA) for b in [benchmark, *again[benchmark.name]])
+        else:
+            found = estimate(benchmark, first_alpha)
+            verdict, passes = time_verdict(found, min_effect), ()
+        comparisons.append(Comparison(name, "time", base_median, head_median, found.ratio, found.low, found.high,
+                                      verdict, pairs=found.pairs, passes=passes))
+    return comparisons
 
 
 def judge(base: Side, head: Side, first: Session, confirmations: list[Session], min_effect: float,
           thresholds: Thresholds) -> GateReport:
-    """The verdicts: time from the pairs (a slower verdict chained through the confirmation passes as
-    `Comparison.rerun`), figures from both runs, one-sided failures."""
-    report = GateReport([])
+    """The verdicts: time (`time_comparisons`), figures from both first-pass runs, one-sided failures."""
     runs = first.runs
     names = {bench["fullname"]: bench["name"] for run in runs.values() for bench in run.data["benchmarks"]}
-    for benchmark in first.paired:
-        comparison = time_comparison(names.get(benchmark.name, benchmark.name), benchmark, first.alpha, min_effect)
-        latest = comparison
-        for number, session in enumerate(confirmations, 1):
-            if latest.verdict != "slower":
-                break
-            again = {b.name: b for b in session.paired}.get(benchmark.name)
-            latest.rerun = (time_comparison(comparison.name, again, session.alpha, min_effect) if again is not None
-                            else Comparison(comparison.name, "time", math.nan, math.nan, math.nan,
-                                            verdict=f"not timed in confirmation pass {number}"))
-            latest = latest.rerun
-        report.comparisons.append(comparison)
+    report = GateReport(time_comparisons(first.paired, first.alpha, [session.paired for session in confirmations],
+                                         min_effect, names))
     base_benchmarks, head_benchmarks = runs["base"].benchmarks, runs["head"].benchmarks
     for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
         report.comparisons += compare_figures(name, base_benchmarks[name].get("extra_info") or {},
@@ -557,15 +579,6 @@ def judge(base: Side, head: Side, first: Session, confirmations: list[Session], 
         elif outcome != base_outcome:
             report.notes.append(f"{nodeid}: base {base_outcome}, head {outcome}: not timed on both sides")
     return report
-
-
-def time_comparison(name: str, benchmark: PairedBenchmark, alpha: float, min_effect: float) -> Comparison:
-    """The time comparison of one paired benchmark: medians of the batch medians, crossover ratio and verdict."""
-    found = estimate(benchmark, alpha)
-    base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
-    head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
-    return Comparison(name, "time", base_median, head_median, found.ratio, found.low, found.high,
-                      time_verdict(found, min_effect), pairs=found.pairs)
 
 
 def markdown_summary(result: ABResult) -> str:
@@ -603,20 +616,16 @@ def result_record(result: ABResult) -> dict:
         "confirmations": [[paired_record(b) for b in passed] for passed in result.confirmations],  # fresh workers
         "comparisons": [{"name": c.name, "metric": c.metric, "base": c.baseline, "head": c.current, "ratio": c.ratio,
                          "low": c.low, "high": c.high, "pairs": c.pairs, "verdict": c.verdict,
-                         "regression": c.regression, "confirmations": confirmation_records(c)}
+                         "regression": c.regression, "passes": [pass_record(found) for found in c.passes]}
                         for c in result.report.comparisons],
         "notes": result.report.notes,
     }
 
 
-def confirmation_records(comparison: Comparison) -> list[dict]:
-    """The confirmation passes' verdicts on one comparison, in order."""
-    records, again = [], comparison.rerun
-    while again is not None:
-        records.append({"ratio": again.ratio, "low": again.low, "high": again.high, "pairs": again.pairs,
-                        "verdict": again.verdict})
-        again = again.rerun
-    return records
+def pass_record(found: PairedEstimate) -> dict:
+    """One pass's own estimate of a benchmark (its interval: within the pass, two-sided 1 - 2·ALPHA)."""
+    return {"ratio": found.ratio, "low": found.low, "high": found.high, "pairs": found.pairs,
+            "log_standard_error": found.log_standard_error}
 
 
 def paired_record(benchmark: PairedBenchmark) -> dict:

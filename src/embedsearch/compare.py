@@ -48,6 +48,7 @@ class Comparison:
     verdict: str = "same"
     rerun: "Comparison | None" = None
     pairs: int | None = None  # the A/B gate's paired samples
+    passes: tuple = ()  # the A/B gate's per-pass estimates (stats.PairedEstimate), when it timed more than one
 
     @property
     def regression(self) -> bool:
@@ -150,6 +151,8 @@ def format_report(report: GateReport, show_all: bool = False, base_title: str = 
             verdict += " -> REGRESSION" if c.regression else " -> not confirmed"
         elif c.regression:
             verdict += " -> REGRESSION"
+        if c.passes:
+            verdict += " (passes " + ", ".join(f"{found.ratio:.3f}" for found in c.passes) + ")"
         pairs = (f" {c.pairs if c.pairs is not None else '':>5}" if paired else "")
         lines.append(f"{c.name:<{width}} {c.metric:<12} {format_value(c.metric, c.baseline):>12} "
                      f"{format_value(c.metric, c.current):>12} {c.ratio:7.3f} {interval:>17}{pairs}  {verdict}")

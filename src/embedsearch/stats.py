@@ -108,6 +108,49 @@ def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: fl
                           standard_error)
 
 
+def across_passes(passes: list[PairedEstimate], alpha: float) -> tuple[PairedEstimate, float]:
+    """Head / base ratio from K passes of fresh process pairs, with a Student-t interval of two-sided
+    level 1 - 2·alpha, and the one-sided p-value of "head slower".
+
+    A pass's mean log-ratio = the true log-ratio + the offset of its pair of processes (memory
+    layout, what the processes ran before: fixed for their life, so pairs between the same two
+    processes cannot see it) + pair noise. The spread between passes holds both, so the test is
+    a one-sample t over the K passes' estimates (K - 1 degrees of freedom), the offset's size
+    estimated from the data of each benchmark. Assumes the passes' estimates independent (fresh
+    processes, a fresh random layout each) and roughly normal.
+    """
+    if len(passes) < 2:
+        raise ValueError(f"{len(passes)} pass(es): expected at least 2")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha={alpha}: expected 0 < alpha < 0.5")
+    log_ratios = np.log([found.ratio for found in passes])
+    mean = float(log_ratios.mean())
+    standard_error = float(log_ratios.std(ddof=1)) / math.sqrt(len(passes))
+    from scipy.stats import t as student_t
+
+    degrees = len(passes) - 1
+    half_width = float(student_t.ppf(1 - alpha, degrees)) * standard_error
+    p_slower = float(student_t.sf(mean / standard_error, degrees)) if standard_error > 0 else float(mean <= 0)
+    found = PairedEstimate(sum(found.pairs for found in passes), math.exp(mean), math.exp(mean - half_width),
+                           math.exp(mean + half_width), standard_error)
+    return found, p_slower
+
+
+def benjamini_hochberg(p_values: list[float], alpha: float) -> list[bool]:
+    """Which hypotheses to reject at false discovery rate alpha (Benjamini & Hochberg, 1995).
+
+    The step-up rule: reject the j smallest p-values, j the largest with p_(j) <= alpha·j / m.
+    Valid for independent or positively dependent tests (Benjamini & Yekutieli, 2001). When every
+    hypothesis is true (an A/A run) every rejection is false, so the chance of any rejection is at
+    most alpha; when many are false, it rejects more than Bonferroni's alpha / m would.
+    """
+    order = np.argsort(p_values)
+    m = len(p_values)
+    passing = [rank for rank, index in enumerate(order, 1) if p_values[index] <= alpha * rank / m]
+    rejected = set(order[:max(passing)].tolist()) if passing else set()
+    return [index in rejected for index in range(m)]
+
+
 def scaling_exponents(benchmarks: list[dict]) -> list[dict]:
     """Fitted exponent b of time = a * n^b per scaling series (same benchmark and parameters but n).
 
