@@ -195,6 +195,9 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
     assert (z.verdict, z.passes, w.verdict) == ("unsure", (), "faster")
     assert "(passes 1.200, 1.200, 1.210, 1.190, 1.200)" in format_report(report)
     assert "-> REGRESSION" in format_report(report)
+    # without confirmation passes nothing is slower, whatever the minimum effect
+    from embedsearch.ab import time_comparisons
+    assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 3 + ["faster"]
 
 
 def test_judge_flags_a_test_failing_on_head_only():

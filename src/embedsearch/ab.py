@@ -533,7 +533,7 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
 
     A benchmark timed in at least two confirmation passes is judged on them (t over the passes,
     Benjamini-Hochberg over all such benchmarks at ALPHA); any other on its first pass's pairs
-    (`first_alpha` per look), which can find it faster but not slower."""
+    (`first_alpha` per look), which can find it faster but not slower: "unsure" at most."""
     again = {benchmark.name: [b for passed in confirmations for b in passed if b.name == benchmark.name]
              for benchmark in first}
     confirmed = [benchmark for benchmark in first if len(again[benchmark.name]) >= 2]
@@ -551,7 +551,7 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
             passes = tuple(estimate(b, ALPHA) for b in [benchmark, *again[benchmark.name]])
         else:
             found = estimate(benchmark, first_alpha)
-            verdict, passes = time_verdict(found, min_effect), ()
+            verdict, passes = time_verdict(found, min_effect).replace("slower", "unsure"), ()
         comparisons.append(Comparison(name, "time", base_median, head_median, found.ratio, found.low, found.high,
                                       verdict, pairs=found.pairs, passes=passes))
     return comparisons
