@@ -377,7 +377,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     score buffer (`score_buffer_bytes(nq)`) plus candidate buffers of query_block x capacity.
     `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 8 MiB on cpu;
     the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
-    candidates of every row, ntotal x capacity(k) x 12 bytes (95 MB at 100k rows and k = 21),
+    candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
     about 40 bytes of bounds and θ per row, and the results.
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
     off for the matrix product (they would break bound 2).
@@ -388,7 +388,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
-    RERANK_PAIRS = 1024  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors
+    RERANK_PAIRS = 8192  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors (12 MiB at d=384)
     OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
     FLOAT64_SLACK = 1 + 2.0 ** -30
 
@@ -626,19 +626,23 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 failed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k float32 scores among each row's candidates (rows that failed are filled later)."""
         valid = torch.isfinite(candidate_scores) & ~failed[:, None]
-        pair_rows, pair_columns = valid.nonzero(as_tuple=True)
-        pair_ids = candidate_ids[pair_rows, pair_columns]
-        exact = torch.full(candidate_scores.shape, -math.inf, device=self.device)
-        for begin in range(0, len(pair_rows), self.RERANK_PAIRS):
-            rows = pair_rows[begin:begin + self.RERANK_PAIRS]
-            ids = pair_ids[begin:begin + self.RERANK_PAIRS]
-            pair_scores = torch.linalg.vecdot(self._vectors.index_select(0, ids), queries.index_select(0, rows))
+        # each row's candidates first, so that one batched product per pass scores them all
+        order = valid.to(torch.uint8).argsort(dim=1, descending=True, stable=True)
+        width = min(max(int(valid.sum(dim=1).max()), k), candidate_scores.shape[1])
+        order = order[:, :width]
+        ids, valid = candidate_ids.gather(1, order), valid.gather(1, order)
+        exact = torch.empty(ids.shape, device=self.device)
+        rows_per_pass = max(1, self.RERANK_PAIRS // width)
+        for begin in range(0, len(ids), rows_per_pass):
+            pass_ids = ids[begin:begin + rows_per_pass]
+            vectors = self._vectors.index_select(0, pass_ids.flatten()).view(*pass_ids.shape, self.d)
+            scores = torch.linalg.vecdot(vectors, queries[begin:begin + rows_per_pass, None, :])
             if self.metric == "l2":
-                pair_scores -= self._half_norms[ids]
-            exact[rows, pair_columns[begin:begin + self.RERANK_PAIRS]] = pair_scores
+                scores -= self._half_norms[pass_ids]
+            exact[begin:begin + rows_per_pass] = scores
+        exact[~valid] = -math.inf
         scores, positions = exact.topk(k, dim=1)
-        return scores, candidate_ids.gather(1, positions)
-
+        return scores, ids.gather(1, positions)
 
     @torch.inference_mode()
     def all_pairs_search(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -648,8 +652,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
             raise ValueError(f"cannot search index {self.spec!r}: no vectors have been added")
         k = check_k(k, self.ntotal)
         with _exact_bf16_reductions(self.device):
-            state = self._scan_pairs(k)
             buffer = self._pair_buffer()
+            state = self._scan_pairs(k, buffer)
             self._certified = 0
             all_distances, all_ids = [], []
             for begin in range(0, self.ntotal, self.query_block):
@@ -677,10 +681,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def _pair_buffer(self) -> torch.Tensor:
         return torch.empty(self._pair_buffer_size(), dtype=torch.bfloat16, device=self.device)
 
-    def _scan_pairs(self, k: int) -> _PairState:
-        """Score every block pair (I, J), J >= I, once; feed it to rows I and, transposed, to rows J."""
+    def _scan_pairs(self, k: int, buffer: torch.Tensor) -> _PairState:
+        """Score every block pair (I, J), J >= I, once in `buffer`; feed it to rows I and, transposed, to rows J."""
         state = self._pair_state(k)
-        buffer = self._pair_buffer()
         side = self.pair_block
         n = self.ntotal
         left = torch.empty((min(side, n), self.pair_d), dtype=torch.bfloat16, device=self.device)
@@ -786,8 +789,51 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 self._append(state, first_row, scores.shape[0], found_rows[keep], best_columns.flatten()[keep] + first_column,
                              best_scores.flatten()[keep], k)
                 return
-        found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
+        if scores.stride(1) != 1:  # a transposed view: its rows are the block's columns
+            found_rows, found_columns, found_values = self._column_survivors(scores.T, theta, failed, state.ids.shape[1])
+        else:
+            found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
         self._append(state, first_row, scores.shape[0], found_rows, found_columns + first_column, found_values, k)
+
+    def _column_survivors(self, block: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
+                          capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_survivors` of block.T, read from the contiguous block: (columns, rows, bf16 values) of the
+        scores >= θ of their column, sorted by column; `failed` (one entry a column) is updated.
+
+        The maxima are taken down CHUNK rows (a vertical max), and the chunks that reach θ are
+        gathered slab by slab (CHUNK rows of the block at a time), so each slab stays in cache.
+        """
+        rows, width = block.shape
+        n_chunks = rows // self.CHUNK
+        full = n_chunks * self.CHUNK
+        slabs = block[:full].view(n_chunks, self.CHUNK, width)
+        theta_bits = theta.view(torch.int16).clone()  # the int16 pass of _survivors
+        theta_bits[failed] = torch.iinfo(torch.int16).max
+        hits = slabs.view(torch.int16).amax(dim=1) >= theta_bits[None, :]
+        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
+        if len(negative):
+            hits[:, negative] = slabs[:, :, negative].amax(dim=1) >= theta[None, negative]
+        failed |= hits.sum(dim=0) > capacity + 1
+        hits &= ~failed[None, :]
+        hit_chunks, hit_columns = hits.nonzero(as_tuple=True)  # slab by slab
+        values = slabs[hit_chunks, :, hit_columns]
+        reached = values >= theta[hit_columns, None]
+        survivors = torch.zeros(width, dtype=torch.int64, device=self.device).index_add_(
+            0, hit_columns, reached.sum(dim=1))
+        failed |= survivors > capacity + 1
+        reached &= ~failed[hit_columns, None]
+        found, offsets = reached.nonzero(as_tuple=True)
+        found_columns = hit_columns[found]
+        found_rows = hit_chunks[found] * self.CHUNK + offsets
+        found_values = values[found, offsets]
+        if full < rows:  # the block's last, partial slab
+            tail = block[full:]
+            tail_rows, tail_columns = ((tail >= theta[None, :]) & ~failed[None, :]).nonzero(as_tuple=True)
+            found_columns = torch.cat([found_columns, tail_columns])
+            found_rows = torch.cat([found_rows, tail_rows + full])
+            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])
+        order = found_columns.argsort(stable=True)
+        return found_columns[order], found_rows[order], found_values[order]
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
                 found_ids: torch.Tensor, found_values: torch.Tensor, k: int) -> None:
