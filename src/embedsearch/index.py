@@ -375,7 +375,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     Memory: the bf16 copy adds 2·ntotal·len(x') bytes (`nbytes`); a search reuses one bf16
     score buffer (`score_buffer_bytes(nq)`) plus candidate buffers of query_block x capacity.
-    `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 8 MiB on cpu;
+    `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 32 MiB on cpu;
     the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
     candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
     about 40 bytes of bounds and θ per row, and the results.
@@ -384,7 +384,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     """
 
     CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
-    PAIR_BLOCKS = {"cpu": 2048, "cuda": 8192}  # all_pairs_search's square blocks: rows (= columns) per block
+    PAIR_BLOCKS = {"cpu": 4096, "cuda": 8192}  # all_pairs_search's square blocks: rows (= columns) per block
     SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
