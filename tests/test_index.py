@@ -486,3 +486,94 @@ def test_bf16_nbytes_counts_the_bf16_copy():
     index = build_index(BF16_SPEC, vectors, "l2")
     index.reset()
     assert index.nbytes() == 0
+
+
+# --- TorchFlat.bf16 all pairs: each block pair scored once, fed to its rows and its columns ----------
+
+
+@st.composite
+def all_pairs_problems(draw):
+    """A near-tie database searched against itself, with block sizes from one vector to more than all of them."""
+    database, _, k, metric, _, chunk = draw(near_tie_problems())
+    k = draw(st.sampled_from([k, len(database), max(1, len(database) - 1)]))  # k near N too
+    pair_block = draw(st.sampled_from([1, 2, 3, 5, 16, 2048]))
+    seed_chunk = draw(st.sampled_from([1, 2, 8]))
+    refresh = draw(st.sampled_from([0, 16]))
+    return database, k, metric, pair_block, chunk, seed_chunk, refresh
+
+
+def bf16_index_with_blocks(database, metric, pair_block, chunk=64, seed_chunk=8, refresh=16, query_block=4,
+                           database_block=16):
+    index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cpu"), query_block, database_block)
+    index.pair_block, index.CHUNK, index.SEED_CHUNK, index.REFRESH = pair_block, chunk, seed_chunk, refresh
+    index.add(database)
+    return index
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=all_pairs_problems())
+def test_bf16_all_pairs_equals_reference_on_near_ties(problem):
+    database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
+    index = bf16_index_with_blocks(database, metric, pair_block, chunk, seed_chunk, refresh)
+    distances, ids = index.all_pairs_search(k)
+    assert_exact_search(database, database, k, metric, distances, ids)
+    assert 0.0 <= index.last_certified_fraction <= 1.0
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_all_pairs_equals_search_and_certifies_clustered_data(metric):
+    vectors = clustered_embeddings(3001, 0, 32, 8, seed=5).train_vectors  # odd: the last block is partial
+    index = bf16_index_with_blocks(vectors, metric, pair_block=512, query_block=256, database_block=1024)
+    distances, ids = index.all_pairs_search(10)
+    assert index.last_certified_fraction == 1.0
+    search_distances, search_ids = index.search(vectors, 10)
+    np.testing.assert_array_equal(ids, search_ids)
+    np.testing.assert_allclose(distances, search_distances, atol=1e-5)
+
+
+def test_bf16_all_pairs_falls_back_to_float32_for_rows_with_too_many_near_ties():
+    rng = np.random.default_rng(4)
+    other = rng.standard_normal((3000, 32)).astype(np.float32)
+    crowded = low_mantissa_variants(np.repeat(other[:1], 200, axis=0), rng)  # 200 near-ties of vector 0
+    database = np.concatenate([other, crowded])
+    for metric in ("l2", "ip"):
+        index = bf16_index_with_blocks(database, metric, pair_block=512, query_block=256, database_block=1024)
+        assert index.candidate_capacity(5) < 200
+        distances, ids = index.all_pairs_search(5)
+        # vector 0 and its 200 near-ties fell back to float32 (so did rows whose top 5 are among them)
+        assert 0.9 < index.last_certified_fraction <= 1 - 201 / len(database)
+        assert_exact_search(database, database, 5, metric, distances, ids)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric):
+    """|t - (s - c)| <= w|t| + E for the row's frame and for the column's: one pair score serves both."""
+    rng = np.random.default_rng(3)
+    bases = rng.standard_normal((20, 48)).astype(np.float32)
+    database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 10, axis=0), rng),
+                               bases * np.float32(1e-3), rng.standard_normal((100, 48)).astype(np.float32) * 30])
+    index = build_index(BF16_SPEC, database, metric)
+    state = index._pair_state(10)
+    left = index._pair_operand(torch.empty((len(database), index.pair_d), dtype=torch.bfloat16), 0, len(database),
+                               state.offset, "left")
+    right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
+    pair_scores = (left @ right.T).double().numpy()  # t: bf16 product, float32 accumulation
+    x64 = database.astype(np.float64)
+    half_norms = 0.5 * (x64 ** 2).sum(1) if metric == "l2" else np.zeros(len(database))
+    # row i ranks by s_i(j) = x_i.x_j - h_j, offset c_i = c0 + h_i: t_ij - (s_i(j) - c_i) = t_ij - (x_i.x_j - h_i - h_j - c0)
+    error = np.abs(pair_scores - (x64 @ x64.T - half_norms[:, None] - half_norms[None, :] - state.offset))
+    rounding = index.OUTPUT_ROUNDING * np.abs(pair_scores)
+    bound = state.bound.numpy()
+    assert (error <= rounding + bound[:, None]).all()  # the row's bound
+    assert (error <= rounding + bound[None, :]).all()  # the column's bound
+    assert (error.max(axis=1) > 0.05 * bound).any()  # the bound is not vacuous
+
+
+def test_bf16_all_pairs_rejects_bad_k_and_an_empty_index():
+    index = build_index(BF16_SPEC, np.eye(3, dtype=np.float32), "ip")
+    for k, error in ((0, ValueError), (4, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match=f"k={k}"):
+            index.all_pairs_search(k)
+    index.reset()
+    with pytest.raises(ValueError, match="no vectors have been added"):
+        index.all_pairs_search(1)

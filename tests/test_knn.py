@@ -141,3 +141,21 @@ def test_leave_one_out_with_bf16_equals_flat():
     np.testing.assert_array_equal(bf16[1], flat[1])
     np.testing.assert_allclose(bf16[0], flat[0], atol=1e-5)
     assert index.last_certified_fraction > 0.99
+
+
+def test_leave_one_out_with_bf16_scores_each_pair_once_only_for_the_stored_vectors(monkeypatch):
+    vectors = clustered_embeddings(3000, 0, 32, 10, seed=4).train_vectors
+    flat_index = build_index("Flat", vectors, "l2")
+    index = build_index(BF16_SPEC, vectors, "l2")
+    monkeypatch.setattr(index, "search", lambda *args: pytest.fail("the stored vectors were searched as queries"))
+    distances, ids = leave_one_out_search(index, vectors, 10)
+    flat_distances, flat_ids = leave_one_out_search(flat_index, vectors, 10)
+    np.testing.assert_array_equal(ids, flat_ids)
+    np.testing.assert_allclose(distances, flat_distances, atol=1e-5)
+    monkeypatch.undo()
+    # other vectors of the same shape are searched as queries, as by every index
+    changed = vectors.copy()
+    changed[0, 0] += 1.0
+    monkeypatch.setattr(index, "all_pairs_search", lambda k: pytest.fail("all pairs of other vectors"))
+    np.testing.assert_array_equal(leave_one_out_search(index, changed, 10)[1],
+                                  leave_one_out_search(flat_index, changed, 10)[1])

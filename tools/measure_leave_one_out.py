@@ -1,33 +1,93 @@
-"""Leave-one-out kNN search at the Tiny ImageNet shape (100k x 384, k=20), Flat vs TorchFlat.bf16, interleaved.
+"""Leave-one-out kNN search at the Tiny ImageNet shape (100k x 384, k=20): Flat vs TorchFlat.bf16, interleaved.
 
-    python tools/measure_leave_one_out.py
+    python tools/measure_leave_one_out.py [--n 100000] [--rounds 2] [--ties]
 
-Two rounds of each backend in turn on the `embedding` synthetic preset (ip, 2 threads); prints
-each build and search time and the share of ids equal to Flat's.
+On the `embedding` synthetic preset (ip, 2 threads), each round times in turn: FAISS Flat's
+leave-one-out, TorchFlat.bf16 searching the vectors as queries (`search`, k + 1: the path before
+all pairs) and TorchFlat.bf16's leave-one-out (`all_pairs_search`: each block pair scored once).
+Prints each time, then the median seconds per backend, their ratios, the certified fractions and
+the share of ids equal to Flat's. --ties checks every row where Flat and all pairs differ: are
+the differing neighbours' float64 scores tied?
 """
+import argparse
+import statistics
 import time
 
 import faiss
+import numpy as np
 import torch
 
 from embedsearch.data import synthetic_embeddings
 from embedsearch.index import build_index
 from embedsearch.knn import leave_one_out_search
 
-faiss.omp_set_num_threads(2)
-torch.set_num_threads(2)
-split = synthetic_embeddings("embedding", 100_000, 0, 384, 200, seed=0)
-vectors = split.train_vectors
-results = {}
-for round_number in range(2):
-    for spec in ("Flat", "TorchFlat.bf16"):
-        start = time.perf_counter()
-        index = build_index(spec, vectors, metric="ip")
-        built = time.perf_counter()
-        distances, ids = leave_one_out_search(index, vectors, 20)
-        done = time.perf_counter()
-        results.setdefault(spec, []).append(ids)
-        print(f"round {round_number} {spec}: build {built - start:.2f} s, leave-one-out search {done - built:.2f} s",
-              flush=True)
-same = (results["Flat"][0] == results["TorchFlat.bf16"][0]).mean()
-print(f"ids equal to Flat's: {same:.6f} of {results['Flat'][0].size}")
+K = 20
+BACKENDS = ("Flat", "TorchFlat.bf16 search", "TorchFlat.bf16 all pairs")
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def print_ties(vectors: np.ndarray, flat_ids: np.ndarray, bf16_ids: np.ndarray) -> None:
+    """For each row whose ids differ: the same set in another order, or the differing neighbours' float64 scores."""
+    rows = np.nonzero((flat_ids != bf16_ids).any(axis=1))[0]
+    print(f"rows differing: {len(rows)}, ids differing: {int((flat_ids != bf16_ids).sum())}")
+    vectors64 = vectors.astype(np.float64)
+    for row in rows:
+        scores = {int(i): float(vectors64[i] @ vectors64[row]) for i in np.union1d(flat_ids[row], bf16_ids[row])}
+        flat_sorted = np.sort([scores[i] for i in flat_ids[row]])
+        bf16_sorted = np.sort([scores[i] for i in bf16_ids[row]])
+        only_flat = sorted(set(flat_ids[row]) - set(bf16_ids[row]))
+        only_bf16 = sorted(set(bf16_ids[row]) - set(flat_ids[row]))
+        what = "same set" if not only_flat else (f"only Flat {[scores[i] for i in only_flat]}, "
+                                                 f"only bf16 {[scores[i] for i in only_bf16]}")
+        print(f"row {row}: {what}; float64 k-th {flat_sorted[0]:.10f}; sorted float64 scores equal within 1e-6: "
+              f"{np.allclose(flat_sorted, bf16_sorted, rtol=0, atol=1e-6)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors (default 100000)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three backends (default 2)")
+    parser.add_argument("--ties", action="store_true", help="check the rows where Flat and all pairs differ")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(2)
+    torch.set_num_threads(2)
+    vectors = synthetic_embeddings("embedding", args.n, 0, 384, 200, seed=0).train_vectors
+    seconds = {backend: [] for backend in BACKENDS}
+    for round_number in range(args.rounds):
+        flat_build, flat = timed(lambda: build_index("Flat", vectors, metric="ip"))
+        bf16_build, bf16 = timed(lambda: build_index("TorchFlat.bf16", vectors, metric="ip"))
+        elapsed, (_, flat_ids) = timed(lambda: leave_one_out_search(flat, vectors, K))
+        seconds["Flat"].append(elapsed)
+        elapsed, (_, search_ids) = timed(lambda: bf16.search(vectors, K + 1))
+        seconds["TorchFlat.bf16 search"].append(elapsed)
+        search_certified = bf16.last_certified_fraction
+        elapsed, (_, pairs_ids) = timed(lambda: leave_one_out_search(bf16, vectors, K))
+        seconds["TorchFlat.bf16 all pairs"].append(elapsed)
+        pairs_certified = bf16.last_certified_fraction
+        print(f"round {round_number}: build Flat {flat_build:.2f} s, TorchFlat.bf16 {bf16_build:.2f} s; "
+              + ", ".join(f"{backend} {seconds[backend][-1]:.2f} s" for backend in BACKENDS), flush=True)
+    medians = {backend: statistics.median(times) for backend, times in seconds.items()}
+    print(f"\nleave-one-out, n={args.n}, d=384, k={K}, ip, 2 threads, median of {args.rounds} rounds:")
+    for backend in BACKENDS:
+        print(f"  {backend}: {medians[backend]:.2f} s")
+    print(f"  ratio Flat / TorchFlat.bf16 search: {medians['Flat'] / medians['TorchFlat.bf16 search']:.2f}")
+    print(f"  ratio Flat / TorchFlat.bf16 all pairs: {medians['Flat'] / medians['TorchFlat.bf16 all pairs']:.2f}")
+    print(f"  ratio search / all pairs: {medians['TorchFlat.bf16 search'] / medians['TorchFlat.bf16 all pairs']:.2f}")
+    print(f"  certified fraction (last round): search {search_certified:.6f}, all pairs {pairs_certified:.6f}")
+    # the search path's k + 1 results hold the row itself; drop it as leave_one_out_search does
+    drop = search_ids == np.arange(len(search_ids))[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    search_ids = search_ids[~drop].reshape(len(search_ids), K)
+    print(f"  ids equal to Flat's: search {(search_ids == flat_ids).mean():.6f}, "
+          f"all pairs {(pairs_ids == flat_ids).mean():.6f} of {flat_ids.size}")
+    if args.ties:
+        print_ties(vectors, flat_ids, pairs_ids)
+
+
+if __name__ == "__main__":
+    main()

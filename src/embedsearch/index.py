@@ -10,6 +10,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import faiss
@@ -238,6 +239,11 @@ class TorchFlatIndex(Index):
             half_norms = 0.5 * (added * added).sum(dim=1)
             self._half_norms = half_norms if self._half_norms.numel() == 0 else torch.cat([self._half_norms, half_norms])
 
+    def stores(self, vectors: np.ndarray) -> bool:
+        """True when `vectors` (n, d) float32 are exactly the stored vectors, in add order."""
+        return tuple(vectors.shape) == tuple(self._vectors.shape) and torch.equal(
+            torch.from_numpy(vectors).to(self.device), self._vectors)
+
     def reset(self) -> None:
         self._vectors = torch.empty((0, self.d), dtype=torch.float32, device=self.device)
         self._half_norms = torch.empty((0,), dtype=torch.float32, device=self.device)
@@ -251,16 +257,20 @@ class TorchFlatIndex(Index):
         for q_start in range(0, queries_t.shape[0], self.query_block):
             block_queries = queries_t[q_start:q_start + self.query_block]
             scores, ids = self._search_block(block_queries, k, buffer)
-            if self.metric == "l2":
-                # score = q.x - |x|^2 / 2, so |q - x|^2 = |q|^2 - 2 * score; clamp round-off below 0
-                query_norms = (block_queries * block_queries).sum(dim=1, keepdim=True)
-                scores = (query_norms - 2.0 * scores).clamp_(min=0.0)
-            all_distances.append(scores)
+            all_distances.append(self._distances(block_queries, scores))
             all_ids.append(ids)
         distances = torch.cat(all_distances)
         ids = torch.cat(all_ids)
         synchronize(self.device)
         return distances.cpu().numpy(), ids.cpu().numpy()
+
+    def _distances(self, block_queries: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """FAISS distances from scores: ip as is; l2 from score = q.x - |x|^2 / 2."""
+        if self.metric == "ip":
+            return scores
+        # |q - x|^2 = |q|^2 - 2 * score; clamp round-off below 0
+        query_norms = (block_queries * block_queries).sum(dim=1, keepdim=True)
+        return (query_norms - 2.0 * scores).clamp_(min=0.0)
 
     def _score_buffer(self, nq: int) -> torch.Tensor:
         """The score buffer a search of nq queries reuses for every block."""
@@ -288,6 +298,20 @@ class TorchFlatIndex(Index):
 
     def nbytes(self) -> int:
         return self._vectors.numel() * 4 + self._half_norms.numel() * 4
+
+
+@dataclass
+class _PairState:
+    """all_pairs_search's running state, one entry (or row) per stored vector."""
+
+    offset: float  # c0, the bf16 offset subtracted from every pair score
+    bound: torch.Tensor  # E per row, float64 (inf: no certificate)
+    slack: torch.Tensor  # 2F per row, float64
+    failed: torch.Tensor  # bool: searched in float32 at the end
+    theta: torch.Tensor  # bf16 θ per row, -inf until the row's first block
+    counts: torch.Tensor  # int64 candidates held per row
+    scores: torch.Tensor  # (n, capacity) float32 bf16 scores of the candidates, -inf padded
+    ids: torch.Tensor  # (n, capacity) int64 ids of the candidates
 
 
 class TorchFlatBf16Index(TorchFlatIndex):
@@ -326,15 +350,45 @@ class TorchFlatBf16Index(TorchFlatIndex):
     it is searched in float32 like TorchFlat, reusing the score buffer's memory. Queries whose
     bound is not finite (huge values) are searched in float32 too.
 
+    All pairs (`all_pairs_search`: the stored vectors as queries, for leave-one-out). The scores
+    form a symmetric matrix, so only its square blocks (I, J) with J >= I (pair_block rows each)
+    are computed, each as one bf16 product left_I · right_Jᵀ with left = [bf16(x), -c0, 1, 1,
+    -h1, -h2] and right = [bf16(x), 1, -h1, -h2, 1, 1] (ip: [bf16(x), -c0] and [bf16(x), 1]), so
+    t_ij = bf16(bf16(x_i)·bf16(x_j) - c0 - h1_i - h2_i - h1_j - h2_j), one bf16 offset c0 for all.
+    For row i that is s_i(j) - c_i with c_i = c0 + h_i, a constant of the row, so it ranks as s.
+    Each block feeds rows I and, transposed, rows J (the diagonal block feeds its rows once).
+    The certificate holds for both uses of one t_ij because its error bound is symmetric:
+    bf16(x_i)·bf16(x_j) - x_i·x_j = bf16(x_i)·(bf16(x_j) - x_j) + (bf16(x_i) - x_i)·x_j, so it is
+    at most |bf16(x_i)|·R + |bf16(x_i) - x_i|·M in row i's frame and, by the same identity with i
+    and j swapped, at most |bf16(x_j)|·R + |bf16(x_j) - x_j|·M in row j's frame; the half norms
+    add 2e in both; the float32 sum errs by at most γn·Σ|left_i,m·right_j,m| <= γn·(|bf16(x_i)|·
+    max|bf16(x)| + |c0| + |h1_i| + |h2_i| + max(|h1| + |h2|)), a bound that holds for i's row
+    and, written with j, for j's row. So E per stored vector bounds every t it takes part in, as
+    a row or as a column, and θ, the running candidates and the float32 fall-back per row follow
+    as above. c0 sits a little below the lowest k-th float32 score of OFFSET_SAMPLE sampled rows
+    among the first OFFSET_SAMPLE vectors, so most rows' θ is >= +0 (the int16 pass). A row's
+    first block sets θ from the k-th largest max over SEED_CHUNK columns (k distinct vectors
+    reach it); afterwards a row's candidates (t >= its θ at the time) are appended to its buffer
+    of capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
+    the one from their k-th best and those below θ go. More than capacity at or above θ: the row
+    fails and is searched in float32 at the end; the others are re-ranked as above.
+
     Memory: the bf16 copy adds 2·ntotal·len(x') bytes (`nbytes`); a search reuses one bf16
     score buffer (`score_buffer_bytes(nq)`) plus candidate buffers of query_block x capacity.
+    `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 32 MiB on cpu;
+    the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
+    candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
+    about 40 bytes of bounds and θ per row, and the results.
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
     off for the matrix product (they would break bound 2).
     """
 
     CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
+    PAIR_BLOCKS = {"cpu": 4096, "cuda": 8192}  # all_pairs_search's square blocks: rows (= columns) per block
+    SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
+    REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
-    RERANK_PAIRS = 1024  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors
+    RERANK_PAIRS = 8192  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors (12 MiB at d=384)
     OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
     FLOAT64_SLACK = 1 + 2.0 ** -30
 
@@ -344,6 +398,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         self.spec = BF16_SPEC
         self.scored_d = d + (3 if metric == "l2" else 1)  # len(x')
         self.last_certified_fraction: float | None = None  # share of the last search's queries certified
+        self.pair_block = self.PAIR_BLOCKS[device.type]
         self._clear_bf16()
 
     def _clear_bf16(self) -> None:
@@ -416,6 +471,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
         """Top-k float32 scores of one block of queries: certified bf16 candidates, else float32."""
         bound, slack, scored_queries = self._query_bounds(block_queries, k)
         candidate_scores, candidate_ids, failed = self._candidates(scored_queries, bound, slack, k, buffer)
+        return self._rerank_or_fall_back(block_queries, candidate_scores, candidate_ids, failed, k, buffer)
+
+    def _rerank_or_fall_back(self, block_queries: torch.Tensor, candidate_scores: torch.Tensor,
+                             candidate_ids: torch.Tensor, failed: torch.Tensor, k: int,
+                             buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k float32 scores: re-ranked candidates where certified, float32 search in `buffer` where failed."""
         scores, ids = self._rerank(block_queries, candidate_scores, candidate_ids, failed, k)
         failed_rows = failed.nonzero().flatten()
         self._certified += len(block_queries) - len(failed_rows)
@@ -503,7 +564,24 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def _above_threshold(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
                          capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores >= θ of each row of one block (float32, -inf padded) and their columns."""
-        rows, width = scores.shape
+        rows = scores.shape[0]
+        found_rows, found_columns, found_values = self._survivors(scores, theta, failed, capacity)
+        counts = torch.bincount(found_rows, minlength=rows)
+        positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
+        width = int(counts.max()) if len(found_rows) else 0
+        new_scores = torch.full((rows, width), -math.inf, device=self.device)
+        new_ids = torch.zeros((rows, width), dtype=torch.int64, device=self.device)
+        new_scores[found_rows, positions] = found_values.float()
+        new_ids[found_rows, positions] = found_columns
+        return new_scores, new_ids
+
+    def _survivors(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
+                   capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, columns, bf16 values) of the scores >= θ in one block, sorted by row; `failed` is updated.
+
+        `scores` may be a transposed view (the all-pairs search reads each block both ways).
+        """
+        width = scores.shape[1]
         chunks = self._chunks(scores)
         full = chunks.shape[1] * self.CHUNK
         # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
@@ -511,23 +589,24 @@ class TorchFlatBf16Index(TorchFlatIndex):
         # take the bf16 max; rows that failed check nothing.
         theta_bits = theta.view(torch.int16).clone()
         theta_bits[failed] = torch.iinfo(torch.int16).max
-        hits = chunks.view(torch.int16).amax(dim=2) >= theta_bits[:, None]
+        hits = _chunk_maxima(scores.view(torch.int16), self.CHUNK) >= theta_bits[:, None]
         negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
         if len(negative):
-            hits[negative] = chunks[negative].amax(dim=2) >= theta[negative, None]
+            hits[negative] = _chunk_maxima(scores[negative], self.CHUNK) >= theta[negative, None]
         # More than capacity + 1 chunks reaching θ hold more candidates than fit: no certificate.
         # Failing them here also bounds the work and memory of the element-wise pass.
         failed |= hits.sum(dim=1) > capacity + 1
         hits &= ~failed[:, None]
         hit_rows, hit_chunks = hits.nonzero(as_tuple=True)
-        if full == width:  # contiguous: one index_select gathers the chunks that reach θ
+        if full == width and scores.is_contiguous():  # one index_select gathers the chunks that reach θ
             values = chunks.reshape(-1, self.CHUNK).index_select(0, hit_rows * chunks.shape[1] + hit_chunks)
         else:
             values = chunks[hit_rows, hit_chunks]
         reached = values >= theta[hit_rows, None]
         # A row with more than capacity + 1 values reaching θ in one block fails (θ might still
         # rise, so this may fail a row that would fit): it bounds the survivors to capacity + 1 a row.
-        survivors = torch.zeros(rows, dtype=torch.int64, device=self.device).index_add_(0, hit_rows, reached.sum(dim=1))
+        survivors = torch.zeros(len(scores), dtype=torch.int64, device=self.device).index_add_(
+            0, hit_rows, reached.sum(dim=1))
         failed |= survivors > capacity + 1
         reached &= ~failed[hit_rows, None]
         found, offsets = reached.nonzero(as_tuple=True)
@@ -541,31 +620,285 @@ class TorchFlatBf16Index(TorchFlatIndex):
             found_rows = torch.cat([found_rows, tail_rows])[order]
             found_columns = torch.cat([found_columns, tail_columns + full])[order]
             found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])[order]
-        counts = torch.bincount(found_rows, minlength=rows)
-        positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
-        width = int(counts.max()) if len(found_rows) else 0
-        new_scores = torch.full((rows, width), -math.inf, device=self.device)
-        new_ids = torch.zeros((rows, width), dtype=torch.int64, device=self.device)
-        new_scores[found_rows, positions] = found_values.float()
-        new_ids[found_rows, positions] = found_columns
-        return new_scores, new_ids
+        return found_rows, found_columns, found_values
 
     def _rerank(self, queries: torch.Tensor, candidate_scores: torch.Tensor, candidate_ids: torch.Tensor,
                 failed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k float32 scores among each row's candidates (rows that failed are filled later)."""
         valid = torch.isfinite(candidate_scores) & ~failed[:, None]
-        pair_rows, pair_columns = valid.nonzero(as_tuple=True)
-        pair_ids = candidate_ids[pair_rows, pair_columns]
-        exact = torch.full(candidate_scores.shape, -math.inf, device=self.device)
-        for begin in range(0, len(pair_rows), self.RERANK_PAIRS):
-            rows = pair_rows[begin:begin + self.RERANK_PAIRS]
-            ids = pair_ids[begin:begin + self.RERANK_PAIRS]
-            pair_scores = torch.linalg.vecdot(self._vectors.index_select(0, ids), queries.index_select(0, rows))
+        # each row's candidates first, so that one batched product per pass scores them all
+        order = valid.to(torch.uint8).argsort(dim=1, descending=True, stable=True)
+        width = min(max(int(valid.sum(dim=1).max()), k), candidate_scores.shape[1])
+        order = order[:, :width]
+        ids, valid = candidate_ids.gather(1, order), valid.gather(1, order)
+        exact = torch.empty(ids.shape, device=self.device)
+        rows_per_pass = max(1, self.RERANK_PAIRS // width)
+        for begin in range(0, len(ids), rows_per_pass):
+            pass_ids = ids[begin:begin + rows_per_pass]
+            vectors = self._vectors.index_select(0, pass_ids.flatten()).view(*pass_ids.shape, self.d)
+            scores = torch.linalg.vecdot(vectors, queries[begin:begin + rows_per_pass, None, :])
             if self.metric == "l2":
-                pair_scores -= self._half_norms[ids]
-            exact[rows, pair_columns[begin:begin + self.RERANK_PAIRS]] = pair_scores
+                scores -= self._half_norms[pass_ids]
+            exact[begin:begin + rows_per_pass] = scores
+        exact[~valid] = -math.inf
         scores, positions = exact.topk(k, dim=1)
-        return scores, candidate_ids.gather(1, positions)
+        return scores, ids.gather(1, positions)
+
+    @torch.inference_mode()
+    def all_pairs_search(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return what search(stored vectors, k) returns (float32 distances, int64 ids, (ntotal, k)),
+        scoring each pair of stored vectors once: see "All pairs" in the class docstring."""
+        if self.ntotal == 0:
+            raise ValueError(f"cannot search index {self.spec!r}: no vectors have been added")
+        k = check_k(k, self.ntotal)
+        with _exact_bf16_reductions(self.device):
+            buffer = self._pair_buffer()
+            state = self._scan_pairs(k, buffer)
+            self._certified = 0
+            all_distances, all_ids = [], []
+            for begin in range(0, self.ntotal, self.query_block):
+                rows = slice(begin, begin + self.query_block)
+                candidate_scores, candidate_ids = self._final_candidates(state, rows, k)
+                block_vectors = self._vectors[rows]
+                scores, ids = self._rerank_or_fall_back(block_vectors, candidate_scores, candidate_ids,
+                                                        state.failed[rows], k, buffer)
+                all_distances.append(self._distances(block_vectors, scores))
+                all_ids.append(ids)
+        distances, ids = torch.cat(all_distances), torch.cat(all_ids)
+        synchronize(self.device)
+        self.last_certified_fraction = self._certified / self.ntotal
+        return distances.cpu().numpy(), ids.cpu().numpy()
+
+    def pair_buffer_bytes(self) -> int:
+        """Bytes of the bf16 block buffer all_pairs_search reuses (its float32 fall-back reuses it too)."""
+        return 2 * self._pair_buffer_size()
+
+    def _pair_buffer_size(self) -> int:
+        side = min(self.pair_block, self.ntotal)
+        # even, and room for one float32 row of the fall-back's database block
+        return max(side * side + side % 2, 2 * min(self.database_block, self.ntotal))
+
+    def _pair_buffer(self) -> torch.Tensor:
+        return torch.empty(self._pair_buffer_size(), dtype=torch.bfloat16, device=self.device)
+
+    def _scan_pairs(self, k: int, buffer: torch.Tensor) -> _PairState:
+        """Score every block pair (I, J), J >= I, once in `buffer`; feed it to rows I and, transposed, to rows J."""
+        state = self._pair_state(k)
+        side = self.pair_block
+        n = self.ntotal
+        left = torch.empty((min(side, n), self.pair_d), dtype=torch.bfloat16, device=self.device)
+        right = torch.empty_like(left)
+        for i_start in range(0, n, side):
+            i_end = min(i_start + side, n)
+            left_block = self._pair_operand(left, i_start, i_end, state.offset, "left")
+            for j_start in range(i_start, n, side):
+                j_end = min(j_start + side, n)
+                right_block = self._pair_operand(right, j_start, j_end, state.offset, "right")
+                scores = buffer[:(i_end - i_start) * (j_end - j_start)].view(i_end - i_start, j_end - j_start)
+                torch.mm(left_block, right_block.T, out=scores)
+                self._collect(state, scores, i_start, j_start, k)
+                if j_start != i_start:
+                    self._collect(state, scores.T, j_start, i_start, k)
+        return state
+
+    @property
+    def pair_d(self) -> int:
+        """Columns of the all-pairs operands: x' plus the two ones that pair with a row's own half norm (l2)."""
+        return self.scored_d + (2 if self.metric == "l2" else 0)
+
+    def _pair_operand(self, out: torch.Tensor, begin: int, end: int, offset: float, side: str) -> torch.Tensor:
+        """Rows begin..end - 1 as left [bf16(x), -c0, 1, 1, -h1, -h2] or right [bf16(x), 1, -h1, -h2, 1, 1]
+        operands (ip: [bf16(x), -c0] and [bf16(x), 1]), so that left_i·right_j = bf16(x_i)·bf16(x_j) - c0 (- h_i - h_j)."""
+        d = self.d
+        scored = self._scored[begin:end]
+        if self.metric == "ip" and side == "right":
+            return scored
+        block = out[:end - begin]
+        if side == "right":
+            block[:, :self.scored_d] = scored
+            block[:, self.scored_d:] = 1.0
+            return block
+        block[:, :d] = scored[:, :d]
+        block[:, d] = -offset
+        if self.metric == "l2":
+            block[:, d + 1:d + 3] = 1.0
+            block[:, d + 3:] = scored[:, d + 1:]
+        return block
+
+    def _pair_state(self, k: int) -> _PairState:
+        """The running candidates of every stored row, with each row's error bounds and the offset c0."""
+        n, d = self.ntotal, self.d
+        rounded_norms, residual_norms, vector_norms, half_sums = [], [], [], []
+        for begin in range(0, n, self.query_block):
+            vectors = self._vectors[begin:begin + self.query_block]
+            rounded = self._scored[begin:begin + self.query_block, :d]
+            rounded_norms.append(_norms64(rounded))
+            residual_norms.append(_norms64(rounded.float() - vectors))
+            vector_norms.append(_norms64(vectors))
+            if self.metric == "l2":  # |h1| + |h2|
+                half_sums.append(self._scored[begin:begin + self.query_block, d + 1:].double().abs().sum(dim=1))
+        rounded_norms, residual_norms = torch.cat(rounded_norms), torch.cat(residual_norms)
+        operands = rounded_norms * self._max_residual + residual_norms * self._max_norm + 2 * self._max_half_norm_error
+        magnitude = torch.cat(vector_norms) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
+        slack = 2 * _gamma(d + 2) * magnitude * self.FLOAT64_SLACK
+        offset = self._pair_offset(k, operands + slack)
+        # sum of |left_i,m right_j,m| <= |bf16(x_i)| |bf16(x_j)| + |c0| (+ |h1_i| + |h2_i| + |h1_j| + |h2_j|)
+        sums = rounded_norms * float(rounded_norms.max()) + abs(offset)
+        if self.metric == "l2":
+            half_sums = torch.cat(half_sums)
+            sums += half_sums + float(half_sums.max())
+        bound = (operands + _gamma(self.pair_d) * sums + (2 * self.pair_d + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
+        # a finite bound also needs float32 sums that cannot overflow
+        bound[~torch.isfinite(bound) | (sums > 2.0 ** 100)] = math.inf
+        capacity = self.candidate_capacity(k)
+        return _PairState(
+            offset=offset, bound=bound, slack=slack, failed=~torch.isfinite(bound),
+            theta=torch.full((n,), -math.inf, dtype=torch.bfloat16, device=self.device),
+            counts=torch.zeros(n, dtype=torch.int64, device=self.device),
+            scores=torch.full((n, capacity), -math.inf, device=self.device),
+            ids=torch.zeros((n, capacity), dtype=torch.int64, device=self.device))
+
+    def _pair_offset(self, k: int, margins: torch.Tensor) -> float:
+        """c0: a bf16 value a little below the lowest k-th best float32 score of sampled rows among
+        the first OFFSET_SAMPLE vectors, so that most rows' θ is >= 0 (the int16 fast path)."""
+        n = self.ntotal
+        sample_rows = torch.linspace(0, n - 1, min(n, self.OFFSET_SAMPLE), device=self.device).long().unique()
+        rows, columns = self._vectors[sample_rows], self._vectors[:self.OFFSET_SAMPLE]
+        scores = rows @ columns.T
+        if self.metric == "l2":
+            scores -= self._half_norms[sample_rows, None] + self._half_norms[None, :self.OFFSET_SAMPLE]
+        kth = scores.topk(min(k, len(columns)), dim=1).values[:, -1].double()
+        offset = float(torch.nan_to_num(kth - 4 * margins[sample_rows], posinf=0.0, neginf=0.0).min())
+        return float(torch.tensor(offset).to(torch.bfloat16))
+
+    def _collect(self, state: _PairState, scores: torch.Tensor, first_row: int, first_column: int, k: int) -> None:
+        """Add the scores >= θ of rows first_row.. (one block, possibly a transposed view) to their candidates."""
+        rows = slice(first_row, first_row + scores.shape[0])
+        theta, failed = state.theta[rows], state.failed[rows]
+        unset = theta == -math.inf  # no threshold yet: this is the rows' first block
+        if bool(unset.any()):
+            if scores.shape[1] >= k:
+                # k chunks whose max reaches m hold k vectors with t >= m: θ from the k-th largest chunk max
+                maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
+                seeded = self._threshold(maxima.topk(k, dim=1).values[:, -1], state.bound[rows], state.slack[rows])
+                theta[unset] = seeded[unset]
+            else:  # too few columns for k chunks: take the block's best capacity + 1 (as a first block)
+                best_scores, best_columns = scores.topk(min(state.ids.shape[1] + 1, scores.shape[1]), dim=1)
+                found_rows = torch.arange(scores.shape[0], device=self.device).repeat_interleave(best_scores.shape[1])
+                keep = ~failed[found_rows]
+                self._append(state, first_row, scores.shape[0], found_rows[keep], best_columns.flatten()[keep] + first_column,
+                             best_scores.flatten()[keep], k)
+                return
+        if scores.stride(1) != 1:  # a transposed view: its rows are the block's columns
+            found_rows, found_columns, found_values = self._column_survivors(scores.T, theta, failed, state.ids.shape[1])
+        else:
+            found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
+        self._append(state, first_row, scores.shape[0], found_rows, found_columns + first_column, found_values, k)
+
+    def _column_survivors(self, block: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
+                          capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_survivors` of block.T, read from the contiguous block: (columns, rows, bf16 values) of the
+        scores >= θ of their column, sorted by column; `failed` (one entry a column) is updated.
+
+        The maxima are taken down CHUNK rows (a vertical max), and the chunks that reach θ are
+        gathered slab by slab (CHUNK rows of the block at a time), so each slab stays in cache.
+        """
+        rows, width = block.shape
+        n_chunks = rows // self.CHUNK
+        full = n_chunks * self.CHUNK
+        slabs = block[:full].view(n_chunks, self.CHUNK, width)
+        theta_bits = theta.view(torch.int16).clone()  # the int16 pass of _survivors
+        theta_bits[failed] = torch.iinfo(torch.int16).max
+        hits = slabs.view(torch.int16).amax(dim=1) >= theta_bits[None, :]
+        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
+        if len(negative):
+            hits[:, negative] = slabs[:, :, negative].amax(dim=1) >= theta[None, negative]
+        failed |= hits.sum(dim=0) > capacity + 1
+        hits &= ~failed[None, :]
+        hit_chunks, hit_columns = hits.nonzero(as_tuple=True)  # slab by slab
+        values = slabs[hit_chunks, :, hit_columns]
+        reached = values >= theta[hit_columns, None]
+        survivors = torch.zeros(width, dtype=torch.int64, device=self.device).index_add_(
+            0, hit_columns, reached.sum(dim=1))
+        failed |= survivors > capacity + 1
+        reached &= ~failed[hit_columns, None]
+        found, offsets = reached.nonzero(as_tuple=True)
+        found_columns = hit_columns[found]
+        found_rows = hit_chunks[found] * self.CHUNK + offsets
+        found_values = values[found, offsets]
+        if full < rows:  # the block's last, partial slab
+            tail = block[full:]
+            tail_rows, tail_columns = ((tail >= theta[None, :]) & ~failed[None, :]).nonzero(as_tuple=True)
+            found_columns = torch.cat([found_columns, tail_columns])
+            found_rows = torch.cat([found_rows, tail_rows + full])
+            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])
+        order = found_columns.argsort(stable=True)
+        return found_columns[order], found_rows[order], found_values[order]
+
+    def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
+                found_ids: torch.Tensor, found_values: torch.Tensor, k: int) -> None:
+        """Append new candidates (sorted by row, rows relative to first_row); a row whose buffer would
+        overflow is compacted with them instead: θ rises to its candidates' k-th best, those below go."""
+        capacity = state.ids.shape[1]
+        added = torch.bincount(found_rows, minlength=n_rows)
+        counts = state.counts[first_row:first_row + n_rows]
+        full = counts + added > min(capacity, k + self.REFRESH)
+        if bool(full.any()):
+            in_full = full[found_rows]
+            self._compact(state, first_row, full.nonzero().flatten(), found_rows[in_full], found_ids[in_full],
+                          found_values[in_full], k)
+            found_rows, found_ids, found_values = found_rows[~in_full], found_ids[~in_full], found_values[~in_full]
+            added[full] = 0
+        positions = (counts[found_rows] + torch.arange(len(found_rows), device=self.device)
+                     - (added.cumsum(0) - added)[found_rows])
+        state.scores[first_row + found_rows, positions] = found_values.float()
+        state.ids[first_row + found_rows, positions] = found_ids
+        counts += added
+
+    def _compact(self, state: _PairState, first_row: int, full_rows: torch.Tensor, new_rows: torch.Tensor,
+                 new_ids: torch.Tensor, new_values: torch.Tensor, k: int) -> None:
+        """Merge rows' candidates with new ones (sorted by row), raise θ, keep those >= θ; fail rows they overflow."""
+        capacity = state.ids.shape[1]
+        rows = first_row + full_rows
+        which = torch.searchsorted(full_rows, new_rows)
+        added = torch.bincount(which, minlength=len(full_rows))
+        slots = torch.arange(len(new_rows), device=self.device) - (added.cumsum(0) - added)[which]
+        width = int(added.max()) if len(new_rows) else 0
+        padded_scores = torch.full((len(rows), width), -math.inf, device=self.device)
+        padded_ids = torch.zeros((len(rows), width), dtype=torch.int64, device=self.device)
+        padded_scores[which, slots] = new_values.float()
+        padded_ids[which, slots] = new_ids
+        held = int(state.counts[rows].max())
+        merged_scores, order = torch.cat([state.scores[rows, :held], padded_scores], dim=1).sort(dim=1, descending=True)
+        merged_ids = torch.cat([state.ids[rows, :held], padded_ids], dim=1).gather(1, order)
+        theta = torch.maximum(state.theta[rows],
+                              self._threshold(merged_scores[:, k - 1], state.bound[rows], state.slack[rows]))
+        reaching = (merged_scores >= theta.float()[:, None]).sum(dim=1)
+        state.failed[rows] |= reaching > capacity
+        kept = merged_scores[:, :capacity]
+        kept[kept < theta.float()[:, None]] = -math.inf
+        state.scores[rows, :kept.shape[1]], state.ids[rows, :kept.shape[1]] = kept, merged_ids[:, :capacity]
+        state.counts[rows] = reaching.clamp(max=capacity)
+        state.theta[rows] = theta
+
+    def _final_candidates(self, state: _PairState, rows: slice, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows' candidates at or above the θ of their k-th best (-inf elsewhere), for the re-rank."""
+        scores, ids = state.scores[rows].clone(), state.ids[rows]
+        kth = scores.topk(k, dim=1).values[:, -1]
+        theta = torch.maximum(state.theta[rows], self._threshold(kth, state.bound[rows], state.slack[rows]))
+        scores[scores < theta.float()[:, None]] = -math.inf
+        return scores, ids
+
+def _chunk_maxima(scores: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(rows, width // chunk) max of each `chunk` columns of scores (the last partial chunk left out).
+
+    A transposed view of a contiguous block takes the max down `chunk` rows of the block: a
+    vertical max over contiguous rows, far faster than a max over strided columns.
+    """
+    chunks = scores.shape[1] // chunk
+    if scores.stride(1) != 1:
+        return scores.T[:chunks * chunk].unflatten(0, (chunks, chunk)).amax(dim=1).T
+    return scores[:, :chunks * chunk].unflatten(1, (chunks, chunk)).amax(dim=2)
 
 
 def _bf16_flushed(values: torch.Tensor) -> torch.Tensor:

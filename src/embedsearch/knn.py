@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .index import Index
+from .index import Index, TorchFlatBf16Index
 from .validation import as_labels, as_vectors, check_choice, check_k, check_positive_number
 
 VOTES = ("majority", "weighted")
@@ -73,6 +73,8 @@ def leave_one_out_search(index: Index, vectors: np.ndarray, k: int) -> tuple[np.
 
     `vectors` must be the vectors added to `index`, in order (row i has id i). Searches k + 1 and
     drops the row's own id; where an exact duplicate pushed it out, the farthest result goes.
+    A TorchFlat.bf16 index holding exactly `vectors` searches them with `all_pairs_search`, which
+    scores each pair once (same results as searching them as queries).
     """
     vectors = as_vectors(vectors, "vectors", index.d)
     if vectors.shape[0] != index.ntotal:
@@ -80,7 +82,10 @@ def leave_one_out_search(index: Index, vectors: np.ndarray, k: int) -> tuple[np.
             f"vectors: expected the {index.ntotal} vectors held by the index (row i = id i), got {vectors.shape[0]}"
         )
     k = check_k(k, index.ntotal - 1)
-    distances, ids = index.search(vectors, k + 1)
+    if isinstance(index, TorchFlatBf16Index) and index.stores(vectors):
+        distances, ids = index.all_pairs_search(k + 1)
+    else:
+        distances, ids = index.search(vectors, k + 1)
     drop = ids == np.arange(len(ids))[:, None]
     drop[~drop.any(axis=1), -1] = True
     keep = ~drop
