@@ -26,7 +26,8 @@ def time_operation(benchmark, config: pytest.Config, operation: Callable, *args)
     start = time.perf_counter()
     operation(*args)
     warm_up_seconds = time.perf_counter() - start
-    rounds = math.ceil(config.getoption("benchmark_max_time") / max(warm_up_seconds, 1e-9))
+    max_time = float(config.getoption("benchmark_max_time"))  # its default is the string "1.0"
+    rounds = math.ceil(max_time / max(warm_up_seconds, 1e-9))
     if rounds >= config.getoption("benchmark_min_rounds"):
         return benchmark(operation, *args)
     return benchmark.pedantic(operation, args=args, rounds=max(rounds, SLOW_MIN_ROUNDS))

@@ -1,12 +1,16 @@
 """perf/timed_call.py: a warm-up call, then pytest-benchmark's calibrated rounds, or at least 3 rounds of a slow call."""
 
+from decimal import Decimal
+
 import pytest
 import timed_call
 from timed_call import SLOW_MIN_ROUNDS, time_operation
 
 
 class FakeConfig:
-    def __init__(self, max_time: float = 1.0, min_rounds: int = 5):
+    """pytest's config with pytest-benchmark's options: --benchmark-max-time's default is the string "1.0"."""
+
+    def __init__(self, max_time="1.0", min_rounds: int = 5):
         self.options = {"benchmark_max_time": max_time, "benchmark_min_rounds": min_rounds}
 
     def getoption(self, name):
@@ -73,5 +77,5 @@ def test_a_longer_max_time_gives_a_slow_operation_more_rounds(monkeypatch):
     operation, _ = counting_operation()
     benchmark = FakeBenchmark()
     warm_up_taking(monkeypatch, 2.0)
-    time_operation(benchmark, FakeConfig(max_time=20.0, min_rounds=15), operation, "x")
+    time_operation(benchmark, FakeConfig(max_time=Decimal("20"), min_rounds=15), operation, "x")  # as given
     assert benchmark.timed == [("pedantic", 10)]
