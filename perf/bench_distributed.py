@@ -22,6 +22,7 @@ from embedsearch.metrics import recall_at_k
 from data_cache import CACHE
 from records import median_seconds, record
 from tiers import IndexCase
+from timed_call import time_operation
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
 from embedsearch.distributed import build_sharded_index, connect, embed_distributed, read_embeddings  # noqa: E402
@@ -62,8 +63,7 @@ def test_sharded_search(benchmark, distributed_search_case, data, threads, clust
     index = build_sharded_index("Flat", database, "ip", shards=case.workers, threads=1)
     try:
         benchmark.group = f"distributed search {case.scaling} d={case.d} k={case.k} nq={case.nq}"
-        index.search(queries, case.k)  # warm-up
-        distances, ids = benchmark(index.search, queries, case.k)
+        distances, ids = time_operation(benchmark, pytestconfig, index.search, queries, case.k)
         truth_distances, truth_ids = data.ground_truth(index_case, case.nq)
         np.testing.assert_allclose(distances, truth_distances[:, :case.k], atol=1e-4)  # exact: same distances
         figures = {}

@@ -14,6 +14,7 @@ from embedsearch.knn import class_scores, leave_one_out_search, similarities, to
 from embedsearch.memory import vit_embedding_model_bytes
 from memory_pass import memory_pass
 from records import median_seconds, record
+from timed_call import time_operation
 
 DIGITS_FOR_TOP1 = 300  # digits images embedded in both precisions to compare kNN top-1
 
@@ -39,8 +40,7 @@ def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
         return embeddings
 
     benchmark.group = f"embed {embed_case.model} {device}"
-    embed_batch()  # warm-up: thread pools, allocator, oneDNN kernels
-    embeddings = benchmark(embed_batch)
+    embeddings = time_operation(benchmark, pytestconfig, embed_batch)
     assert embeddings.shape == (embed_case.batch_size, model.embedding_dim)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(1, device=model.device), atol=1e-3)
     modelled = device == "cpu" and embed_case.precision == "fp32" and isinstance(model.model, VisionTransformer)

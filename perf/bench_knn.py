@@ -8,6 +8,7 @@ from embedsearch.knn import class_scores, leave_one_out_search, similarities, to
 from memory_pass import memory_pass
 from records import median_seconds, record
 from tiers import IndexCase
+from timed_call import time_operation
 
 NEIGHBORS_DEPTH = 100  # val neighbours are searched once at this depth; each case uses the first k
 # Least top-1 accuracy of every vote on the suite's clustered data, so a broken vote fails the untimed
@@ -27,7 +28,7 @@ def test_knn_classify(benchmark, knn_case, data, threads, pytestconfig):
 
     benchmark.group = (f"knn n={knn_case.n_train} val={knn_case.n_val} d={knn_case.d} classes={knn_case.n_classes} "
                        f"{knn_case.data}")
-    scores = benchmark(classify)
+    scores = time_operation(benchmark, pytestconfig, classify)
     accuracy = topk_accuracy(scores, split.val_labels)
     assert accuracy[1] >= TOP1_FLOOR, f"{knn_case.id}: top-1 {accuracy[1]:.4f} is below its floor {TOP1_FLOOR}"
     memory_pass(benchmark, pytestconfig, classify)
@@ -48,7 +49,7 @@ def test_leave_one_out(benchmark, leave_one_out_case, data, threads, pytestconfi
         return ids, class_scores(ids, similarities(distances, "ip"), split.train_labels, split.n_classes, case.vote)
 
     benchmark.group = f"knn leave-one-out n={case.n_train} d={case.d} classes={case.n_classes}"
-    ids, scores = benchmark(classify_train)
+    ids, scores = time_operation(benchmark, pytestconfig, classify_train)
     assert not (ids == np.arange(case.n_train)[:, None]).any()
     accuracy = topk_accuracy(scores, split.train_labels)
     assert accuracy[1] >= TOP1_FLOOR, f"{case.id}: top-1 {accuracy[1]:.4f} is below its floor {TOP1_FLOOR}"

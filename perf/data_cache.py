@@ -56,9 +56,11 @@ class DataCache:
                                   dataset.get_queries()[:n_val], val_labels[:n_val], dataset.n_classes)
         generated = functools.cache(lambda: synthetic_embeddings(data, n_train, n_val, d, n_classes, seed=seed))
         train = self._synthetic_train(data, n_train, d, n_classes, seed, generated)
-        # the val split is drawn after the train split from the seed's one stream: it depends on n_train
-        val = self._cached(f"{data}-val-t{n_train}-v{n_val}-d{d}-c{n_classes}-s{seed}",
-                           lambda: {"vectors": generated().val_vectors, "labels": generated().val_labels})
+        if n_val == 0:  # nothing to draw (leave-one-out): the train split alone, without generating it again
+            val = {"vectors": np.empty((0, d), dtype=np.float32), "labels": np.empty(0, dtype=np.int64)}
+        else:  # the val split is drawn after the train split from the seed's one stream: it depends on n_train
+            val = self._cached(f"{data}-val-t{n_train}-v{n_val}-d{d}-c{n_classes}-s{seed}",
+                               lambda: {"vectors": generated().val_vectors, "labels": generated().val_labels})
         return EmbeddingSplit(train["vectors"], train["labels"], val["vectors"], val["labels"], int(n_classes))
 
     def _synthetic_train(self, data: str, n_train: int, d: int, n_classes: int, seed: int,
@@ -72,8 +74,9 @@ class DataCache:
         """An index case's database: its data set's first n vectors (a synthetic preset's train split)."""
         if case.data in self.files:
             return self.files[case.data].get_database()[:case.n]
-        generate = functools.cache(lambda: synthetic_embeddings(case.data, case.n, 0, case.d, N_CLASSES))
-        return self._synthetic_train(case.data, case.n, case.d, N_CLASSES, 0, generate)["vectors"]
+        # Drawn with the DIFFICULTY_QUERIES val queries that its dataset_record needs anyway: a val split
+        # continues the train split's random stream, so drawing the train alone would mean drawing it twice.
+        return self.split(case.n, DIFFICULTY_QUERIES, case.d, N_CLASSES, data=case.data).train_vectors
 
     def search_data(self, case: IndexCase, nq: int) -> tuple[np.ndarray, np.ndarray]:
         """(database, queries) for an index case: its data set's first n database vectors and first nq queries."""

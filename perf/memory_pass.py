@@ -16,17 +16,15 @@ def memory_pass(benchmark, config, operation: Callable[[], object], device: str 
                 prepare: Callable[[], object] | None = None, model_bytes: int | None = None) -> None:
     """After timing, run `operation` once more untimed under memray and store its peak bytes.
 
-    Runs with --benchmark unless --no-perf-memory. A first untimed call warms up one-time pools
-    (BLAS buffers, thread pools) so they are not charged to the operation. `prepare` runs
-    before each call (e.g. emptying an index before an add). `model_bytes`, the stated memory
-    model of the operation (embedsearch.memory), is stored with peak / model.
+    Runs with --benchmark unless --no-perf-memory, right after the operation was timed: those
+    calls warmed up one-time pools (BLAS buffers, thread pools), so they are not charged to it.
+    `prepare` runs before the call (e.g. emptying an index before an add). `model_bytes`, the
+    stated memory model of the operation (embedsearch.memory), is stored with peak / model.
     """
     if not config.getoption("benchmark") or config.getoption("no_perf_memory"):
         return
-    prepare = prepare or (lambda: None)
-    prepare()
-    operation()
-    prepare()
+    if prepare is not None:
+        prepare()
     folder = config.getoption("perf_memray_dir")
     capture = Path(folder) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", benchmark.name) + ".bin") if folder else None
     cuda = device.startswith("cuda")

@@ -11,6 +11,7 @@ from embedsearch.metrics import exact_search_gflops, recall_at_k, single_query_l
 from memory_pass import memory_pass
 from records import median_seconds, record
 from tiers import approximate_specs
+from timed_call import time_operation
 
 # Least recall@k at the largest nprobe / efSearch of each sweep in tiers.approximate_specs, on the
 # suite's clustered data, so a broken index fails the untimed `pytest` run. Measured there: IVF,Flat
@@ -27,8 +28,7 @@ def run_search_case(benchmark, case, device, data, indexes, threads, group_prefi
     _, queries = data.search_data(case.index, case.nq)
     benchmark.group = (f"{group_prefix} n={case.index.n} d={case.index.d} k={case.k} nq={case.nq} "
                        f"{case.index.metric} {case.index.data} {device}")
-    index.search(queries, case.k)  # warm-up: thread pools, BLAS buffers, caches
-    distances, ids = benchmark(index.search, queries, case.k)
+    distances, ids = time_operation(benchmark, config, index.search, queries, case.k)
     truth_distances, truth_ids = data.ground_truth(case.index, case.nq)
     recall = recall_at_k(ids, truth_ids[:, :case.k])
     exact = case.index.spec in EXACT_SPECS
