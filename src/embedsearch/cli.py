@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .ab import MAX_PAIRS, MIN_EFFECT, PAIRS, markdown_summary, run_ab, write_record
+from .ab import CONFIRMATIONS, MAX_PAIRS, MIN_EFFECT, PAIRS, markdown_summary, run_ab, write_record
 from .compare import format_report
 from .gate import MIN_EFFECT as STORED_MIN_EFFECT
 from .gate import checkout_root, gate, rerun_suite
@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the head revision (default: the working tree, uncommitted changes included)")
     ab_parser.add_argument("--min-effect", type=float, default=MIN_EFFECT,
                            help=f"smallest slowdown that counts, as a fraction (default {MIN_EFFECT})")
-    ab_parser.add_argument("--pairs", type=int, default=PAIRS, help=f"pairs at the first look (default {PAIRS})")
+    ab_parser.add_argument("--pairs", type=int, default=PAIRS, help=f"first-pass pairs at the first look (default {PAIRS})")
     ab_parser.add_argument("--max-pairs", type=int, default=MAX_PAIRS,
-                           help=f"pairs a suspect may get, doubling from --pairs (default {MAX_PAIRS})")
+                           help=f"first-pass pairs a benchmark leaning slower may get, doubling from --pairs "
+                                f"(default {MAX_PAIRS}); suspects are then timed in {CONFIRMATIONS} fresh passes")
     ab_parser.add_argument("--markdown", help="append the pull-request summary to this file "
                                               "(also to $GITHUB_STEP_SUMMARY when set)")
     ab_parser.add_argument("--json", help="write the record of every pair's times here "
