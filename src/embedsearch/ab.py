@@ -536,8 +536,8 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
     (`first_alpha` per look), which can find it faster but not slower: "unsure" at most."""
     again = {benchmark.name: [b for passed in confirmations for b in passed if b.name == benchmark.name]
              for benchmark in first}
-    confirmed = [benchmark for benchmark in first if len(again[benchmark.name]) >= 2]
-    tests = {b.name: across_passes([estimate(c, ALPHA) for c in again[b.name]], ALPHA) for b in confirmed}
+    estimates = {b.name: [estimate(c, ALPHA) for c in again[b.name]] for b in first if len(again[b.name]) >= 2}
+    tests = {name: across_passes(found, ALPHA) for name, found in estimates.items()}
     rejected = dict(zip(tests, benjamini_hochberg([p for _, p in tests.values()], ALPHA)))
     comparisons = []
     for benchmark in first:
@@ -548,7 +548,7 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
             found = tests[benchmark.name][0]
             verdict = ("same" if not rejected[benchmark.name] else
                        "slower" if found.ratio > 1 + min_effect else "unsure")
-            passes = tuple(estimate(b, ALPHA) for b in [benchmark, *again[benchmark.name]])
+            passes = (estimate(benchmark, ALPHA), *estimates[benchmark.name])
         else:
             found = estimate(benchmark, first_alpha)
             verdict, passes = time_verdict(found, min_effect).replace("slower", "unsure"), ()
