@@ -177,27 +177,53 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
         return Session([paired(f"perf/b.py::{name}", ratio) for name, ratio in ratios.items()], [], [], [], runs, 1e-3)
 
     assert CONFIRMATIONS == 4
-    runs = {role: make_run({name: ([1.0], {}) for name in "xyzw"}) for role in ("base", "head")}
-    first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8})
+    runs = {role: make_run({name: ([1.0], {}) for name in "xyzwv"}) for role in ("base", "head")}
+    first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8, "v": 0.8})
     x_again, y_again = [1.2, 1.21, 1.19, 1.2], [1.0, 1.01, 0.99, 1.0]  # y: the first pass's 1.2 was its processes'
-    confirmations = [session({"x": x, "y": y}) for x, y in zip(x_again, y_again)]
+    v_again = [0.8, 0.79, 0.81, 0.8]
+    confirmations = [session({"x": x, "y": y, "v": v}) for x, y, v in zip(x_again, y_again, v_again)]
     sides = [Side(role, role, role * 10, Path(".")) for role in ("base", "head")]
     report = judge(*sides, first, confirmations, 0.05, Thresholds())
     found = {c.name.split("::")[1]: c for c in report.comparisons}
     logs = np.log(x_again)
     half_width = 2.353363435 * logs.std(ddof=1) / 2  # t with 3 degrees of freedom, one-sided 0.05
-    x, y, z, w = (found[name] for name in "xyzw")
+    x, y, z, w, v = (found[name] for name in "xyzwv")
     assert (x.verdict, x.regression, x.pairs) == ("slower", True, 80)
     assert x.ratio == pytest.approx(math.exp(logs.mean())) and x.low == pytest.approx(math.exp(logs.mean() - half_width))
     assert [round(p.ratio, 4) for p in x.passes] == [1.2, *x_again]
     assert (y.verdict, y.regression) == ("same", False) and y.ratio == pytest.approx(1.0, abs=1e-4)
-    # not suspects: judged on their first pass, which can find a benchmark faster but not slower
-    assert (z.verdict, z.passes, w.verdict) == ("unsure", (), "faster")
+    assert (v.verdict, v.regression) == ("faster", False) and v.ratio == pytest.approx(math.exp(np.log(v_again).mean()))
+    # without confirmation passes: judged on the first pass, which finds a benchmark neither slower nor faster
+    assert (z.verdict, z.passes, w.verdict) == ("unsure", (), "unsure")
     assert "(passes 1.200, 1.200, 1.210, 1.190, 1.200)" in format_report(report)
     assert "-> REGRESSION" in format_report(report)
     # without confirmation passes nothing is slower, whatever the minimum effect
     from embedsearch.ab import time_comparisons
-    assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 3 + ["faster"]
+    assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 5
+
+
+def test_suspects_are_the_benchmarks_beyond_the_minimum_effect_either_way():
+    from embedsearch.ab import PairedBenchmark, Session, suspect_names
+
+    def paired(name: str, ratio: float) -> PairedBenchmark:
+        return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
+            {"first": first, "base": [1e-3], "head": [ratio * 1e-3]} for _ in range(5) for first in ("base", "head")])
+
+    ratios = {"slower": 1.06, "faster": 1 / 1.06, "inside": 1.04, "inside_faster": 1 / 1.04}
+    session = Session([paired(name, ratio) for name, ratio in ratios.items()], [], [], [], {}, 1e-3)
+    assert suspect_names(session, 0.05) == ["slower", "faster"]
+
+
+@pytest.mark.parametrize("seconds, pairs", [(1e-3, 10), (0.3, 6), (0.75, 4)])
+def test_a_slow_benchmark_gets_fewer_pairs_down_to_the_minimum(seconds, pairs):
+    from embedsearch.ab import BENCHMARK_SECONDS, MIN_PAIRS
+    workers = {role: FakeWorker(seconds, 0.01, seed) for seed, role in enumerate(("base", "head"))}
+    workers["base"].other, workers["head"].other = workers["head"], workers["base"]
+    benchmark = run_pairs(workers, "perf/bench_x.py::test_x", random.Random(0), pairs=10, max_pairs=40,
+                          min_effect=0.05, alpha=1e-3)
+    # rounds of 2 x seconds, one per batch once past BATCH_SECONDS: pairs = 2 x whole blocks of 4 batches in 8 s
+    assert (BENCHMARK_SECONDS, MIN_PAIRS) == (8.0, 4)
+    assert len(benchmark.pairs) == pairs
 
 
 def test_judge_flags_a_test_failing_on_head_only():

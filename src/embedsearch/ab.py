@@ -15,9 +15,11 @@ benchmarking, Chromium Pinpoint):
    over this session's A/A and 10% runs a benchmark's first pair strayed from its median
    log-ratio by 22.5% on average, its second by 17.3%, later ones by 8-12%.
 3. A pair's log-ratio is log(median head round / median base round). A pass's estimate is the
-   crossover estimate over both orders with its standard error (`stats.crossover_estimate`),
-   sequentially: `pairs` pairs, then twice and four times as many while the benchmark leans
-   slower by half the minimum effect without a clear within-pass verdict, up to `max_pairs`.
+   crossover estimate over both orders with its standard error (`stats.crossover_estimate`)
+   over `pairs` pairs (fewer, down to MIN_PAIRS, where that many would take more than
+   BENCHMARK_SECONDS: the end-to-end benchmark's 1 s rounds took 28 s of a 235 s A/A run).
+   With `max_pairs` above `pairs`, a benchmark leaning slower by half the minimum effect without
+   a clear within-pass verdict gets twice and four times as many, up to `max_pairs`.
    Pairs between the same two processes cannot reveal that the two processes differ for their
    whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
    7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
@@ -30,7 +32,10 @@ benchmarking, Chromium Pinpoint):
    through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
    chance of any alarm is at most ALPHA; with many real slowdowns it keeps more power than
    Bonferroni. A regression needs rejection and a confirmed ratio above 1 + min_effect.
-   Improvements ("faster") come from the first pass's pairs alone and are not confirmed.
+   Improvements are confirmed the same way, in their own family: a benchmark whose first-pass
+   ratio is below 1 / (1 + min_effect) is a suspect too, tested one-sided for "faster" (an A/A
+   run of the pr tier reported 3 unconfirmed improvements, all process offsets). A benchmark
+   without confirmation passes is "same" or "unsure", never slower or faster.
 4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
    sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
    side only is a regression.
@@ -64,8 +69,12 @@ from .storage import Run, load_run, save_run
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
 MIN_EFFECT = 0.05  # measured: tools/measure_gate.py --gate ab (README)
-PAIRS = 10  # pairs at the first look; suspects get 2x and 4x as many, up to MAX_PAIRS
-MAX_PAIRS = 40
+PAIRS = 10  # pairs at the first look; with max_pairs above it, leaning benchmarks get 2x and 4x as many
+# The first pass only selects suspects, and more pairs between the same two processes cannot see
+# their offset (module docstring, step 3): by default it adds none (--max-pairs can).
+MAX_PAIRS = PAIRS
+MIN_PAIRS = 4  # two blocks: each order twice, the least that gives a standard error
+BENCHMARK_SECONDS = 8.0  # a slow benchmark gets fewer pairs, down to MIN_PAIRS, to stay near this per pass
 CONFIRMATIONS = 4  # passes of fresh workers that time the first pass's suspects again: 3 degrees of freedom
 CONFIRMATION_PAIRS = 6  # pairs per benchmark in a confirmation pass: the process offset, not the pairs, limits it
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
@@ -363,6 +372,8 @@ def paired_rounds(workers: dict[str, Worker], nodeid: str, rng: random.Random, p
     warm_round = max(float(np.median([time for pair in benchmark.warmup for time in pair[role]])) * iterations[role]
                      for role in ("base", "head"))
     benchmark.rounds_per_batch = max(1, round(BATCH_SECONDS / max(warm_round, 1e-9)))
+    affordable = 2 * int(BENCHMARK_SECONDS / (4 * benchmark.rounds_per_batch * warm_round))  # whole blocks
+    pairs, max_pairs = (min(count, max(MIN_PAIRS, affordable)) for count in (pairs, max_pairs))
     target = pairs
     while True:
         while len(benchmark.pairs) < target:
@@ -518,8 +529,9 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
 
 
 def suspect_names(session: Session, min_effect: float) -> list[str]:
-    """The benchmarks whose ratio in a pass passes 1 + min_effect."""
-    return [b.name for b in session.paired if estimate(b, session.alpha).ratio > 1 + min_effect]
+    """The benchmarks whose ratio in a pass passes 1 + min_effect either way (slower or faster)."""
+    return [b.name for b in session.paired
+            if not 1 / (1 + min_effect) <= estimate(b, session.alpha).ratio <= 1 + min_effect]
 
 
 def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
@@ -531,14 +543,21 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
                      min_effect: float, names: dict[str, str]) -> list[Comparison]:
     """The time verdict of every first-pass benchmark (module docstring, step 3).
 
-    A benchmark timed in at least two confirmation passes is judged on them (t over the passes,
-    Benjamini-Hochberg over all such benchmarks at ALPHA); any other on its first pass's pairs
-    (`first_alpha` per look), which can find it faster but not slower: "unsure" at most."""
+    A benchmark timed in at least two confirmation passes is judged on them: a one-sided t over the
+    passes in the direction its first pass leaned, Benjamini-Hochberg at ALPHA within each
+    direction (the slower family decides the exit code). Any other benchmark is judged on its
+    first pass's pairs (`first_alpha` per look), which can find it neither slower nor faster:
+    "unsure" at most."""
     again = {benchmark.name: [b for passed in confirmations for b in passed if b.name == benchmark.name]
              for benchmark in first}
     estimates = {b.name: [estimate(c, ALPHA) for c in again[b.name]] for b in first if len(again[b.name]) >= 2}
     tests = {name: across_passes(found, ALPHA) for name, found in estimates.items()}
-    rejected = dict(zip(tests, benjamini_hochberg([p for _, p in tests.values()], ALPHA)))
+    slower_suspects = {b.name for b in first if b.name in tests and estimate(b, first_alpha).ratio > 1}
+    rejected = {}
+    for family in (slower_suspects, set(tests) - slower_suspects):
+        members = sorted(family)
+        p_values = [tests[name][1] if name in slower_suspects else 1 - tests[name][1] for name in members]
+        rejected.update(zip(members, benjamini_hochberg(p_values, ALPHA)) if members else ())
     comparisons = []
     for benchmark in first:
         name = names.get(benchmark.name, benchmark.name)
@@ -547,11 +566,14 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
         if benchmark.name in tests:
             found = tests[benchmark.name][0]
             verdict = ("same" if not rejected[benchmark.name] else
-                       "slower" if found.ratio > 1 + min_effect else "unsure")
+                       "slower" if benchmark.name in slower_suspects and found.ratio > 1 + min_effect else
+                       "faster" if benchmark.name not in slower_suspects and found.ratio < 1 / (1 + min_effect) else
+                       "unsure")
             passes = (estimate(benchmark, ALPHA), *estimates[benchmark.name])
         else:
             found = estimate(benchmark, first_alpha)
-            verdict, passes = time_verdict(found, min_effect).replace("slower", "unsure"), ()
+            verdict, passes = time_verdict(found, min_effect), ()
+            verdict = "unsure" if verdict in ("slower", "faster") else verdict
         comparisons.append(Comparison(name, "time", base_median, head_median, found.ratio, found.low, found.high,
                                       verdict, pairs=found.pairs, passes=passes))
     return comparisons

@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage="embedsearch ab BASE [HEAD] [options] [-- PYTEST_ARGS]",
         description="Each side runs in its own git worktree (HEAD omitted: the working tree as it is) in a "
                     "long-lived pytest worker; the timed rounds alternate between the sides in random order and "
-                    "each benchmark is judged on its paired log-ratios (Student-t bound, Bonferroni over all "
-                    "benchmarks and looks at a 5%% false-alarm rate per run, more pairs for suspects). Peak memory, "
+                    "a benchmark whose first-pass ratio passes the minimum effect either way is timed again by "
+                    f"{CONFIRMATIONS} passes of fresh workers and judged on those (t over the passes, "
+                    "Benjamini-Hochberg at 5% per direction): the first pass alone never says slower or faster. Peak memory, "
                     "index bytes, recall, accuracy and scaling exponents use the stored-baseline gate's tolerances. "
                     "PYTEST_ARGS select and size the benchmarks as for pytest --benchmark (-k, --perf-tier, ...). "
                     "Exit 0: no regression; 1: regression; 2: bad input.")
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab_parser.add_argument("--pairs", type=int, default=PAIRS, help=f"first-pass pairs at the first look (default {PAIRS})")
     ab_parser.add_argument("--max-pairs", type=int, default=MAX_PAIRS,
                            help=f"first-pass pairs a benchmark leaning slower may get, doubling from --pairs "
-                                f"(default {MAX_PAIRS}); suspects are then timed in {CONFIRMATIONS} fresh passes")
+                                f"(default {MAX_PAIRS}: none added; the confirmation passes decide)")
     ab_parser.add_argument("--markdown", help="append the pull-request summary to this file "
                                               "(also to $GITHUB_STEP_SUMMARY when set)")
     ab_parser.add_argument("--json", help="write the record of every pair's times here "
