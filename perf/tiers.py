@@ -176,9 +176,11 @@ SMOKE = Tier(
 )
 TIERS: dict[str, Tier] = {
     "smoke": SMOKE,
-    # The pull-request gate's tier (`embedsearch ab`): smoke without the Ray Data embedding, whose
-    # rounds of 16 images take 4-6 s, mostly Ray Data's start-up (README: "The A/B gate").
-    "pr": replace(SMOKE, distributed_embed=[]),
+    # The pull-request gate's tier (`embedsearch ab`): smoke without the Ray benchmarks. Ray Data
+    # embedding's rounds of 16 images take 4-6 s, mostly Ray Data's start-up; the sharded searches
+    # took 28 s of a 235 s A/A gate run (a Ray cluster per worker and pass) and moved by up to 14%
+    # between pairs of workers, more than the slowdowns the gate must catch (README: "The CI gate").
+    "pr": replace(SMOKE, distributed_embed=[], distributed_search=[]),
     "default": Tier(
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32),
                EmbedCase("vit_small_patch16_224.dino", 32, "bf16")],
