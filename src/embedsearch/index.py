@@ -378,7 +378,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 32 MiB on cpu;
     the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
     candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
-    about 40 bytes of bounds and θ per row, and the results.
+    27 bytes of bounds, θ and counts per row, and the results (`memory.all_pairs_model_bytes` bounds it all).
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
     off for the matrix product (they would break bound 2).
     """
