@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from embedsearch.index import BF16_SPEC, TORCH_SPEC
 
 BRUTE_FORCE_SPECS = ("Flat", TORCH_SPEC, BF16_SPEC)  # exact backends side by side on the same data
@@ -114,6 +116,14 @@ class Tier:
     scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
     distributed_search: list[DistributedSearchCase] = field(default_factory=list)
     distributed_embed: list[DistributedEmbedCase] = field(default_factory=list)
+    # --benchmark-max-time of a timed run unless the command line gives one: the seconds of rounds
+    # pytest-benchmark times per fast benchmark; None: its own default (1 s)
+    max_time_s: float | None = None
+
+
+def tier_name(config: pytest.Config) -> str:
+    """The --perf-tier in force: explicit, else 'default' when timing and 'smoke' when not."""
+    return config.getoption("perf_tier") or ("default" if config.getoption("benchmark") else "smoke")
 
 
 def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
@@ -199,6 +209,9 @@ TIERS: dict[str, Tier] = {
         distributed_search=distributed_grid(100_000, 384, nq=1000, workers=[1, 2]),
         # 32 images: a batch of 16 for each of 2 workers; a round is mostly Ray Data's start-up (README)
         distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 32, workers) for workers in (1, 2)],
+        # half a second of rounds per fast benchmark: its median moves far less within a run than
+        # between runs (README "Default tier, measured here")
+        max_time_s=0.5,
     ),
     "full": Tier(
         embed=[EmbedCase(model, batch, precision)
