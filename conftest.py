@@ -88,6 +88,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SAVE_NAME] = save_name(config)
         config.option.benchmark_save = None
         config.option.benchmark_autosave = False
+        set_tier_max_time(config)
         check_output_folders(config)
         if config.getoption("perf_gate"):
             from embedsearch.storage import latest_run
@@ -109,6 +110,16 @@ def save_name(config: pytest.Config) -> str | None:
     if name or config.getoption("benchmark_json"):
         return name
     return get_tag()
+
+
+def set_tier_max_time(config: pytest.Config) -> None:
+    """--benchmark-max-time: the tier's (perf/tiers.py: Tier.max_time_s) unless the command line gives one."""
+    from tiers import TIERS as GRIDS, tier_name
+
+    seconds = GRIDS[tier_name(config)].max_time_s
+    given = any(arg.startswith("--benchmark-max-time") for arg in config.invocation_params.args)
+    if seconds is not None and not given:
+        config.option.benchmark_max_time = seconds
 
 
 def check_output_folders(config: pytest.Config) -> None:

@@ -22,7 +22,7 @@ from index_cache import IndexCache
 from planted_slowdown import planted_slowdown, slow_down
 from suite_stash import BASELINE, SAVE_NAME
 from summary import print_summary, write_markdown_summary
-from tiers import TIERS, Tier, file_grid
+from tiers import TIERS, Tier, file_grid, tier_name
 
 CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
     "embed_case": "embed", "build_case": "build", "train_case": "build", "search_case": "search",
@@ -32,11 +32,6 @@ CASE_FIXTURES = {  # fixture name -> Tier attribute holding its cases
 }
 GATE_LINES = pytest.StashKey[list]()  # what sessionfinish saved and gated, printed in the terminal summary
 CALIBRATION_FIGURES = {"test_matmul_gflops": (GFLOPS, "matmul_gflops"), "test_copy_bandwidth": (BANDWIDTH_GBS, "copy_gbs")}
-
-
-def tier_name(config: pytest.Config) -> str:
-    """The --perf-tier in force: explicit, else 'default' when timing and 'smoke' when not."""
-    return config.getoption("perf_tier") or ("default" if config.getoption("benchmark") else "smoke")
 
 
 def data_files(config: pytest.Config) -> dict[str, VectorDataset]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from embedsearch.index import BF16_SPEC, TORCH_SPEC
 
 BRUTE_FORCE_SPECS = ("Flat", TORCH_SPEC, BF16_SPEC)  # exact backends side by side on the same data
@@ -114,6 +116,14 @@ class Tier:
     scaling: list[SearchCase] = field(default_factory=list)  # one search at growing n: time vs n
     distributed_search: list[DistributedSearchCase] = field(default_factory=list)
     distributed_embed: list[DistributedEmbedCase] = field(default_factory=list)
+    # --benchmark-max-time of a timed run unless the command line gives one: the seconds of rounds
+    # pytest-benchmark times per fast benchmark; None: its own default (1 s)
+    max_time_s: float | None = None
+
+
+def tier_name(config: pytest.Config) -> str:
+    """The --perf-tier in force: explicit, else 'default' when timing and 'smoke' when not."""
+    return config.getoption("perf_tier") or ("default" if config.getoption("benchmark") else "smoke")
 
 
 def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
@@ -127,15 +137,18 @@ def approximate_specs(n: int, d: int) -> dict[str, tuple[str, list[int]]]:
 
 
 def search_grid(sizes: list[tuple[int, int]], ks: list[int], nq: int, data: str = "embedding",
-                metric: str = "ip", specs=approximate_specs) -> list[SearchCase]:
-    """Exact and approximate search cases over (n, d) sizes and k, every parameter of each sweep."""
+                metric: str = "ip", specs=approximate_specs, sweep_ks: list[int] | None = None) -> list[SearchCase]:
+    """Exact search at every k and each approximate sweep (every parameter) at every k in sweep_ks (default: ks).
+
+    Ordered index by index, so that each index is built once (perf/index_cache.py keeps the last one).
+    """
     cases = []
     for n, d in sizes:
-        for k in ks:
-            for spec in ("Flat", "TorchFlat"):
-                cases.append(SearchCase(IndexCase(spec, n, d, metric, data), k, nq))
-            for spec, (param, values) in specs(n, d).items():
-                cases += [SearchCase(IndexCase(spec, n, d, metric, data), k, nq, ((param, value),)) for value in values]
+        for spec in ("Flat", "TorchFlat"):
+            cases += [SearchCase(IndexCase(spec, n, d, metric, data), k, nq) for k in ks]
+        for spec, (param, values) in specs(n, d).items():
+            cases += [SearchCase(IndexCase(spec, n, d, metric, data), k, nq, ((param, value),))
+                      for k in (ks if sweep_ks is None else sweep_ks) for value in values]
     return cases
 
 
@@ -185,7 +198,9 @@ TIERS: dict[str, Tier] = {
         embed=[EmbedCase("vit_small_patch16_224.dino", 8), EmbedCase("vit_small_patch16_224.dino", 32),
                EmbedCase("vit_small_patch16_224.dino", 32, "bf16")],
         build=build_grid([(20_000, 384)]) + [IndexCase("Flat", 100_000, 384), IndexCase("TorchFlat", 100_000, 384)],
-        search=search_grid([(20_000, 384)], [1, 10, 100], nq=1000) + search_grid([(20_000, 384)], [10], 1000, "hard")
+        # Approximate sweeps at k = 10 only: at k = 1 and 100 their queries/s repeated k = 10's (README "Default tier")
+        search=search_grid([(20_000, 384)], [1, 10, 100], nq=1000, sweep_ks=[10])
+        + search_grid([(20_000, 384)], [10], 1000, "hard")
         + [SearchCase(IndexCase("Flat", n, d), 10, 1000) for n, d in ((20_000, 128), (20_000, 768))],
         # N = 100k: brute force times Flat there (the same case: not timed twice), beside TorchFlat and bf16
         brute_force=[SearchCase(IndexCase(spec, 100_000, 384), 10, 1000) for spec in BRUTE_FORCE_SPECS],
@@ -196,6 +211,9 @@ TIERS: dict[str, Tier] = {
         distributed_search=distributed_grid(100_000, 384, nq=1000, workers=[1, 2]),
         # 32 images: a batch of 16 for each of 2 workers; a round is mostly Ray Data's start-up (README)
         distributed_embed=[DistributedEmbedCase("vit_small_patch16_224.dino", 32, workers) for workers in (1, 2)],
+        # half a second of rounds per fast benchmark: its median moves far less within a run than
+        # between runs (README "Default tier, measured here")
+        max_time_s=0.5,
     ),
     "full": Tier(
         embed=[EmbedCase(model, batch, precision)
@@ -238,7 +256,8 @@ def file_grid(tier_name: str, label: str, n: int, d: int, nq: int, metric: str,
     - database: the file's first min(n, FILE_MAX_N[tier]) vectors; queries: its first
       min(nq, the tier's search nq) queries;
     - search and build: Flat, TorchFlat and the tier's approximate specs sized for that n
-      (`file_specs`), at each of the tier's search k up to n;
+      (`file_specs`): exact search at each of the tier's search k up to n, each approximate sweep
+      at each k the tier sweeps at, up to n;
     - brute force: Flat and TorchFlat, k=10;
     - scaling: Flat and TorchFlat at n/8, n/4, n/2, n, when n/8 >= FILE_SCALING_MIN_N;
     - kNN: the tier's vote x k cases, only for files with labels (embedsearch run --embeddings).
@@ -248,8 +267,9 @@ def file_grid(tier_name: str, label: str, n: int, d: int, nq: int, metric: str,
     n = n if cap is None else min(n, cap)
     nq = min(nq, tier.search[0].nq)
     ks = sorted({case.k for case in tier.search if case.k <= n})
+    sweep_ks = sorted({case.k for case in tier.search if case.params and case.k <= n})
     grid = {
-        "search": search_grid([(n, d)], ks, nq, label, metric, file_specs),
+        "search": search_grid([(n, d)], ks, nq, label, metric, file_specs, sweep_ks),
         "build": build_grid([(n, d)], label, metric, file_specs),
         "brute_force": [SearchCase(IndexCase(spec, n, d, metric, label), min(10, n), nq) for spec in ("Flat", "TorchFlat")],
         "scaling": scaling_grid([n // 8, n // 4, n // 2, n], d, nq, None, data=label, metric=metric)

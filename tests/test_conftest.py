@@ -1,6 +1,7 @@
 """The suite's own options (root conftest.py)."""
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -68,3 +69,19 @@ def test_a_timed_run_is_saved_under_the_name_given_else_a_generated_tag_unless_j
     assert save_name(Options(benchmark_json="run.json")) is None
     assert save_name(Options(benchmark_json="run.json", benchmark_save="named")) == "named"
     assert re.fullmatch(r"\w+_\d{8}_\d{6}(_uncommited-changes)?", save_name(Options()))  # pytest-benchmark's tag
+
+
+@pytest.mark.parametrize("options, max_time", [
+    ([], 0.5),  # the default tier's (perf/tiers.py)
+    (["--perf-tier=pr"], 1.0),  # pytest-benchmark's own default: the A/B gate's tier is unchanged
+    (["--benchmark-max-time=0.25"], 0.25),  # the command line wins
+])
+def test_a_timed_run_takes_the_tiers_max_time_unless_the_command_line_gives_one(tmp_path, options, max_time):
+    output = tmp_path / "run.json"
+    completed = subprocess.run([sys.executable, "-m", "pytest", "--benchmark", "-p", "no:cacheprovider", "-q",
+                                "--no-perf-memory", f"--benchmark-json={output}", *options,
+                                "perf/bench_calibration.py::test_copy_bandwidth"],
+                               cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    [run] = json.loads(output.read_text())["benchmarks"]
+    assert float(run["options"]["max_time"]) == max_time

@@ -82,3 +82,15 @@ def test_the_index_cache_keeps_the_last_index_for_its_case_and_device(tmp_path):
     index = indexes.get(flat, "cpu")
     assert index.ntotal == 300 and indexes.get(flat, "cpu") is index
     assert indexes.get(IndexCase("Flat", 200, 64), "cpu") is not index
+
+
+def test_a_data_set_record_is_made_once_per_shape_for_every_case_over_it(tmp_path, monkeypatch):
+    cache = DataCache(tmp_path)
+    reads = []
+    search_data = cache.search_data
+    monkeypatch.setattr(cache, "search_data", lambda case, nq: reads.append((case.n, nq)) or search_data(case, nq))
+    flat, hnsw = IndexCase("Flat", 400, 64, data="embedding"), IndexCase("HNSW32", 400, 64, data="embedding")
+    record = cache.dataset_record(flat)
+    assert cache.dataset_record(hnsw) == record and reads == [(400, DIFFICULTY_QUERIES)]
+    cache.dataset_record(IndexCase("Flat", 300, 64, data="embedding"))  # another shape: its own record
+    assert reads == [(400, DIFFICULTY_QUERIES), (300, DIFFICULTY_QUERIES)]

@@ -4,8 +4,8 @@ import torch
 
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import BF16_SPEC, TORCH_SPEC, build_index, create_index
-from embedsearch.memory import (RUNTIME_ALLOWANCE_BYTES, build_model_bytes, exact_search_model_bytes, measure_stage,
-                                profile_memory, vit_embedding_model_bytes)
+from embedsearch.memory import (RUNTIME_ALLOWANCE_BYTES, all_pairs_model_bytes, build_model_bytes,
+                                exact_search_model_bytes, measure_stage, profile_memory, vit_embedding_model_bytes)
 
 N, D, NQ, K = 50_000, 128, 1000, 10
 LEAK_BUDGET_BYTES = 64 * 2**10  # for 10 repeated calls: far below one leaked result or query copy
@@ -138,3 +138,13 @@ def test_bf16_search_stays_within_its_memory_model(split):
     index.search(split.val_vectors, K)
     _, profile = profile_memory(lambda: index.search(split.val_vectors, K) and None)
     assert index.score_buffer_bytes(NQ) <= profile.peak_bytes <= exact_search_model_bytes(index, NQ, K)
+
+
+def test_bf16_all_pairs_stays_within_its_memory_model(split):
+    vectors = split.train_vectors[:20_000]  # 5 x 5 blocks of 4096 rows: both orientations, partial blocks
+    index = build_index(BF16_SPEC, vectors, "ip")
+    index.all_pairs_search(K + 1)
+    _, profile = profile_memory(lambda: index.all_pairs_search(K + 1) and None)
+    # the pair buffer and every row's candidates are alive together through the scan
+    alive = index.pair_buffer_bytes() + 12 * len(vectors) * index.candidate_capacity(K + 1)
+    assert alive <= profile.peak_bytes <= all_pairs_model_bytes(index, K + 1)

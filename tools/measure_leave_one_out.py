@@ -1,15 +1,26 @@
 """Leave-one-out kNN search at the Tiny ImageNet shape (100k x 384, k=20): Flat vs TorchFlat.bf16, interleaved.
 
-    python tools/measure_leave_one_out.py [--n 100000] [--rounds 2] [--ties]
+    python tools/measure_leave_one_out.py [--n 100000] [--rounds 2] [--ties] [--pair-block ROWS] [--phases] [--memory]
 
 On the `embedding` synthetic preset (ip, 2 threads), each round times in turn: FAISS Flat's
 leave-one-out, TorchFlat.bf16 searching the vectors as queries (`search`, k + 1: the path before
 all pairs) and TorchFlat.bf16's leave-one-out (`all_pairs_search`: each block pair scored once).
 Prints each time, then the median seconds per backend, their ratios, the certified fractions and
 the share of ids equal to Flat's. --ties checks every row where Flat and all pairs differ: are
-the differing neighbours' float64 scores tied?
+the differing neighbours' float64 scores tied? --pair-block sets all pairs' block rows (default:
+the index's, 4096 on cpu).
+
+--phases then runs all pairs and the search path once more each under cProfile with
+time.process_time as its clock (CPU seconds of the process, both threads summed) and prints each
+phase's inclusive CPU seconds: the bf16 products (torch.mm), the bounds (_pair_state,
+_query_bounds), the selection (all pairs: _collect, of which _survivors and _append; search:
+_candidates, which includes its products), the re-rank (_final_candidates and
+_rerank_or_fall_back; search: _rerank_or_fall_back). --memory runs all pairs once more under
+memray and prints its peak beside memory.all_pairs_model_bytes.
 """
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 
@@ -20,9 +31,16 @@ import torch
 from embedsearch.data import synthetic_embeddings
 from embedsearch.index import build_index
 from embedsearch.knn import leave_one_out_search
+from embedsearch.memory import all_pairs_model_bytes, profile_memory
 
 K = 20
 BACKENDS = ("Flat", "TorchFlat.bf16 search", "TorchFlat.bf16 all pairs")
+# the functions --phases reports, by path (cProfile's names: a torch built-in, else TorchFlatBf16Index's methods)
+PHASES = {
+    "all pairs": ("<built-in method torch.mm>", "_pair_state", "_collect", "_survivors", "_append",
+                  "_final_candidates", "_rerank_or_fall_back"),
+    "search": ("<built-in method torch.mm>", "_query_bounds", "_candidates", "_rerank_or_fall_back"),
+}
 
 
 def timed(function):
@@ -48,12 +66,30 @@ def print_ties(vectors: np.ndarray, flat_ids: np.ndarray, bf16_ids: np.ndarray) 
               f"{np.allclose(flat_sorted, bf16_sorted, rtol=0, atol=1e-6)}")
 
 
+def print_phases(path: str, search) -> None:
+    """Run `search` once under cProfile (process CPU time) and print the total and PHASES[path]'s inclusive seconds."""
+    profiler = cProfile.Profile(time.process_time)
+    start = time.process_time()
+    profiler.runcall(search)
+    total = time.process_time() - start
+    inclusive = {}
+    for (_, _, name), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items():
+        inclusive[name] = inclusive.get(name, 0.0) + cumulative
+    phases = ", ".join(f"{name} {inclusive.get(name, 0.0):.2f}" for name in PHASES[path])
+    print(f"  {path}: {total:.2f} CPU s; {phases}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors (default 100000)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the three backends (default 2)")
     parser.add_argument("--ties", action="store_true", help="check the rows where Flat and all pairs differ")
+    parser.add_argument("--pair-block", type=int, help="rows of all pairs' square blocks (default: the index's)")
+    parser.add_argument("--phases", action="store_true", help="CPU seconds per phase of all pairs and search")
+    parser.add_argument("--memory", action="store_true", help="all pairs' memray peak against its memory model")
     args = parser.parse_args()
+    if args.pair_block is not None and args.pair_block < 1:
+        parser.error(f"--pair-block={args.pair_block}: expected a positive number of rows")
     faiss.omp_set_num_threads(2)
     torch.set_num_threads(2)
     vectors = synthetic_embeddings("embedding", args.n, 0, 384, 200, seed=0).train_vectors
@@ -61,6 +97,8 @@ def main() -> None:
     for round_number in range(args.rounds):
         flat_build, flat = timed(lambda: build_index("Flat", vectors, metric="ip"))
         bf16_build, bf16 = timed(lambda: build_index("TorchFlat.bf16", vectors, metric="ip"))
+        if args.pair_block is not None:
+            bf16.pair_block = args.pair_block
         elapsed, (_, flat_ids) = timed(lambda: leave_one_out_search(flat, vectors, K))
         seconds["Flat"].append(elapsed)
         elapsed, (_, search_ids) = timed(lambda: bf16.search(vectors, K + 1))
@@ -87,6 +125,15 @@ def main() -> None:
           f"all pairs {(pairs_ids == flat_ids).mean():.6f} of {flat_ids.size}")
     if args.ties:
         print_ties(vectors, flat_ids, pairs_ids)
+    if args.phases:
+        print(f"\nCPU seconds by phase (cProfile, inclusive), k={K + 1}, pair_block={bf16.pair_block}:")
+        print_phases("all pairs", lambda: bf16.all_pairs_search(K + 1))
+        print_phases("search", lambda: bf16.search(vectors, K + 1))
+    if args.memory:
+        _, profile = profile_memory(lambda: bf16.all_pairs_search(K + 1) and None)
+        model = all_pairs_model_bytes(bf16, K + 1)
+        print(f"\nall pairs memory, k={K + 1}: memray peak {profile.peak_bytes / 2**20:.2f} MiB, "
+              f"model {model / 2**20:.2f} MiB, peak / model {profile.peak_bytes / model:.3f}")
 
 
 if __name__ == "__main__":

@@ -378,7 +378,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 32 MiB on cpu;
     the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
     candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
-    about 40 bytes of bounds and θ per row, and the results.
+    27 bytes of bounds, θ and counts per row, and the results (`memory.all_pairs_model_bytes` bounds it all).
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
     off for the matrix product (they would break bound 2).
     """
@@ -577,11 +577,16 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def _survivors(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
                    capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(rows, columns, bf16 values) of the scores >= θ in one block, sorted by row; `failed` is updated.
+        """(rows, columns, bf16 values) of the scores >= θ of their row in one block, sorted by row, then
+        column; `failed` (one entry a row) is updated.
 
-        `scores` may be a transposed view (the all-pairs search reads each block both ways).
+        `scores` is a block or a transposed view of a contiguous one (the all-pairs search reads each
+        block both ways). A transposed view takes its maxima down CHUNK rows of the block (a vertical
+        max) and gathers the chunks that reach θ slab by slab (CHUNK rows of the block at a time), so
+        each slab stays in cache.
         """
         width = scores.shape[1]
+        transposed = scores.stride(1) != 1
         chunks = self._chunks(scores)
         full = chunks.shape[1] * self.CHUNK
         # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
@@ -597,7 +602,10 @@ class TorchFlatBf16Index(TorchFlatIndex):
         # Failing them here also bounds the work and memory of the element-wise pass.
         failed |= hits.sum(dim=1) > capacity + 1
         hits &= ~failed[:, None]
-        hit_rows, hit_chunks = hits.nonzero(as_tuple=True)
+        if transposed:  # chunk by chunk: a chunk of every row is one slab of the block
+            hit_chunks, hit_rows = hits.T.nonzero(as_tuple=True)
+        else:
+            hit_rows, hit_chunks = hits.nonzero(as_tuple=True)
         if full == width and scores.is_contiguous():  # one index_select gathers the chunks that reach θ
             values = chunks.reshape(-1, self.CHUNK).index_select(0, hit_rows * chunks.shape[1] + hit_chunks)
         else:
@@ -616,10 +624,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
         if full < width:  # the block's last, partial chunk
             tail = scores[:, full:]
             tail_rows, tail_columns = ((tail >= theta[:, None]) & ~failed[:, None]).nonzero(as_tuple=True)
-            order = torch.cat([found_rows, tail_rows]).argsort(stable=True)
-            found_rows = torch.cat([found_rows, tail_rows])[order]
-            found_columns = torch.cat([found_columns, tail_columns + full])[order]
-            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])[order]
+            found_rows = torch.cat([found_rows, tail_rows])
+            found_columns = torch.cat([found_columns, tail_columns + full])
+            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])
+        if transposed or full < width:  # each row's columns are in order already: a stable sort by row
+            order = found_rows.argsort(stable=True)
+            found_rows, found_columns, found_values = found_rows[order], found_columns[order], found_values[order]
         return found_rows, found_columns, found_values
 
     def _rerank(self, queries: torch.Tensor, candidate_scores: torch.Tensor, candidate_ids: torch.Tensor,
@@ -789,51 +799,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 self._append(state, first_row, scores.shape[0], found_rows[keep], best_columns.flatten()[keep] + first_column,
                              best_scores.flatten()[keep], k)
                 return
-        if scores.stride(1) != 1:  # a transposed view: its rows are the block's columns
-            found_rows, found_columns, found_values = self._column_survivors(scores.T, theta, failed, state.ids.shape[1])
-        else:
-            found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
+        found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
         self._append(state, first_row, scores.shape[0], found_rows, found_columns + first_column, found_values, k)
-
-    def _column_survivors(self, block: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
-                          capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`_survivors` of block.T, read from the contiguous block: (columns, rows, bf16 values) of the
-        scores >= θ of their column, sorted by column; `failed` (one entry a column) is updated.
-
-        The maxima are taken down CHUNK rows (a vertical max), and the chunks that reach θ are
-        gathered slab by slab (CHUNK rows of the block at a time), so each slab stays in cache.
-        """
-        rows, width = block.shape
-        n_chunks = rows // self.CHUNK
-        full = n_chunks * self.CHUNK
-        slabs = block[:full].view(n_chunks, self.CHUNK, width)
-        theta_bits = theta.view(torch.int16).clone()  # the int16 pass of _survivors
-        theta_bits[failed] = torch.iinfo(torch.int16).max
-        hits = slabs.view(torch.int16).amax(dim=1) >= theta_bits[None, :]
-        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
-        if len(negative):
-            hits[:, negative] = slabs[:, :, negative].amax(dim=1) >= theta[None, negative]
-        failed |= hits.sum(dim=0) > capacity + 1
-        hits &= ~failed[None, :]
-        hit_chunks, hit_columns = hits.nonzero(as_tuple=True)  # slab by slab
-        values = slabs[hit_chunks, :, hit_columns]
-        reached = values >= theta[hit_columns, None]
-        survivors = torch.zeros(width, dtype=torch.int64, device=self.device).index_add_(
-            0, hit_columns, reached.sum(dim=1))
-        failed |= survivors > capacity + 1
-        reached &= ~failed[hit_columns, None]
-        found, offsets = reached.nonzero(as_tuple=True)
-        found_columns = hit_columns[found]
-        found_rows = hit_chunks[found] * self.CHUNK + offsets
-        found_values = values[found, offsets]
-        if full < rows:  # the block's last, partial slab
-            tail = block[full:]
-            tail_rows, tail_columns = ((tail >= theta[None, :]) & ~failed[None, :]).nonzero(as_tuple=True)
-            found_columns = torch.cat([found_columns, tail_columns])
-            found_rows = torch.cat([found_rows, tail_rows + full])
-            found_values = torch.cat([found_values, tail[tail_rows, tail_columns]])
-        order = found_columns.argsort(stable=True)
-        return found_columns[order], found_rows[order], found_values[order]
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
                 found_ids: torch.Tensor, found_values: torch.Tensor, k: int) -> None:

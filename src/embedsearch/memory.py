@@ -139,27 +139,104 @@ def exact_search_model_bytes(index, nq: int, k: int) -> int:
 def bf16_search_model_bytes(index, nq: int, k: int) -> int:
     """Bytes a TorchFlat.bf16 search allocates beyond its inputs: a bound, stage by stage.
 
-    With rows x columns the score buffer's shape, capacity = index.candidate_capacity(k) and
-    chunk = index.CHUNK: results (12·nq·k, twice: per block, then joined); the bf16 score buffer
+    With rows x columns the score buffer's shape and capacity = index.candidate_capacity(k):
+    results (12·nq·k, twice: per block, then joined); the bf16 score buffer
     (index.score_buffer_bytes(nq), also the float32 fall-back's); the query rows q' and float64
     norm passes (2·rows·(len(q') + d) + 16·1024·d); the candidates, float32 score + int64 id
     each, in four arrays of rows x (2·capacity + 1 + chunk) while merged and sorted; the
-    selection, at most capacity + 1 chunks a row reaching θ (gathered bf16 values, their mask and
-    the chunk maxima: 3·rows·(capacity + 1)·chunk + 4·rows·columns / chunk bytes) and at most
-    capacity + 1 + chunk survivors a row (40 bytes each: indices, values, positions); the
-    re-rank, index.RERANK_PAIRS pairs of float32 vectors at once (12·pairs·d) and 24 bytes per
-    candidate. Stages that are not alive together are summed, so the bound is loose by design.
+    selection of one block (`bf16_selection_bytes`) and the re-rank (`bf16_rerank_bytes`).
+    Stages that are not alive together are summed, so the bound is loose by design.
     Plus RUNTIME_ALLOWANCE_BYTES.
     """
     rows, columns = index.score_buffer_shape(nq)
     capacity = index.candidate_capacity(k)
     queries = 2 * rows * (index.scored_d + index.d) + 16 * 1024 * index.d
     candidates = 4 * 12 * rows * (2 * capacity + 1 + index.CHUNK)
-    selection = (3 * rows * (capacity + 1) * index.CHUNK + 4 * rows * columns // index.CHUNK
-                 + 40 * rows * (capacity + 1 + index.CHUNK))
-    rerank = 12 * index.RERANK_PAIRS * index.d + 24 * rows * capacity
-    return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates + selection + rerank
+    return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates
+            + bf16_selection_bytes(rows, columns, capacity, index.CHUNK) + bf16_rerank_bytes(index, rows, k)
             + RUNTIME_ALLOWANCE_BYTES)
+
+
+def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int) -> int:
+    """Bytes TorchFlatBf16Index._survivors allocates for one rows x columns bf16 block (or transposed view).
+
+    Per chunk of chunk columns: its int16 max, the bool hit, a copy of the hits and the int64
+    copy that summing bools makes (12 bytes). Rows whose θ is negative take the bf16 max over a
+    copy of their rows: at most the block again (2·rows·columns) and 3 bytes a chunk. At most
+    capacity + 1 chunks a row reach θ (more and the row fails): each costs its gathered bf16
+    values, their bool mask and the int64 copy that summing the mask makes (11·chunk bytes) plus
+    44 bytes of indices. At most capacity + chunk survivors a row (capacity + 1 from the chunks,
+    fewer than chunk from a last partial chunk), 94 bytes each (indices, values, the sort by row),
+    plus the last partial chunk's mask (2 bytes a value).
+    """
+    chunks = columns // chunk
+    maxima = 12 * rows * chunks + 16 * rows
+    negative = 2 * rows * columns + 3 * rows * chunks
+    hit_chunks = (11 * chunk + 44) * rows * (capacity + 1)
+    survivors = 94 * rows * (capacity + chunk) + 2 * rows * chunk
+    return maxima + negative + hit_chunks + survivors
+
+
+def bf16_rerank_bytes(index, rows: int, k: int) -> int:
+    """Bytes TorchFlatBf16Index._rerank allocates for a block of rows with k results.
+
+    Each pass gathers pairs = min(rows·capacity, max(RERANK_PAIRS, capacity)) float32 vectors
+    and their element-wise products with the queries (linalg.vecdot's mul + sum): 8·pairs·d, plus
+    8 bytes a pair (scores, l2 half norms); per candidate 25 bytes (masks, their order, ids and
+    float32 scores gathered in that order); per result 20 (top-k scores, ids, their gather).
+    """
+    capacity = index.candidate_capacity(k)
+    pairs = min(rows * capacity, max(index.RERANK_PAIRS, capacity))
+    return 8 * pairs * (index.d + 1) + 25 * rows * capacity + 20 * rows * k
+
+
+def all_pairs_model_bytes(index, k: int) -> int:
+    """Bytes index.all_pairs_search(k) (TorchFlat.bf16) allocates beyond the index: a bound, phase by phase.
+
+    With n = index.ntotal, side = min(pair_block, n) rows a block, rows = min(query_block, n)
+    a re-rank block and capacity = index.candidate_capacity(k), alive throughout: the pair
+    buffer (index.pair_buffer_bytes()) and every row's candidates and bounds,
+    n·(12·capacity + 27) bytes (float32 score + int64 id a slot; E, 2F, counts, θ, failed).
+    Then the largest of three phases, which are not alive together:
+    - bounds: 12 float64 a row while E, 2F and c0 are computed, per pass of rows the float32
+      residual and float64 norm passes (8·rows·d + 8·1024·d), and the sampled scores for c0;
+    - scan: the two bf16 operand blocks (4·side·pair_d); a row's first θ (bf16 maxima over
+      SEED_CHUNK columns, twice if topk copies them, and their top-k; or, where a block has
+      fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
+      selection of one side x side block (`bf16_selection_bytes`) and the append that follows:
+      its survivors (at most capacity + chunk a row) with their ids and positions (113 bytes
+      each) and a compaction of every row of the block (per row the new and held candidates
+      padded, merged and sorted: 12·(capacity + chunk) + 12·capacity + 34·(2·capacity + chunk)
+      + 64);
+    - re-rank and results: the results (12·n·k, twice once joined) beside, per block of rows,
+      the candidates' copy, their top-k and θ (5·rows·capacity + 12·rows·k + 64·rows), then the
+      larger of the re-rank (`bf16_rerank_bytes`) and the float32 fall-back of failed rows (at
+      most what fits the buffer's float32 view: its query rows and the per-database-block
+      top-k, twice while merged), plus the block's results and distances (20·rows·k).
+    Plus RUNTIME_ALLOWANCE_BYTES.
+    """
+    n, d, chunk = index.ntotal, index.d, index.CHUNK
+    capacity = index.candidate_capacity(k)
+    side = min(index.pair_block, n)
+    rows = min(index.query_block, n)
+    state = n * (12 * capacity + 27)
+    sample = index.OFFSET_SAMPLE
+    bounds = 96 * n + 8 * rows * d + 8 * 1024 * d + 4 * sample * (d + 2 * sample)
+    seed_chunk = max(1, min(index.SEED_CHUNK, side // k))
+    seed_maxima = max(side // seed_chunk, 2 * k)  # a narrower last block (< 8k columns) has < 2k
+    seed = max(4 * side * seed_maxima + 10 * side * k, 48 * side * (capacity + 1)) + 64 * side
+    survivors = side * (capacity + chunk)
+    compaction = side * (12 * (capacity + chunk) + 12 * capacity + 34 * (2 * capacity + chunk) + 64)
+    append = 113 * survivors + compaction
+    scan = 4 * side * index.pair_d + seed + max(bf16_selection_bytes(side, side, capacity, chunk), append)
+    columns = min(index.database_block, n)
+    fall_back_rows = min(rows, index.pair_buffer_bytes() // 4 // columns)
+    database_blocks = -(-n // columns)
+    fall_back = 4 * fall_back_rows * d + 2 * 12 * fall_back_rows * k * database_blocks + 12 * fall_back_rows * k
+    per_block = (5 * rows * capacity + 12 * rows * k + 64 * rows
+                 + max(bf16_rerank_bytes(index, rows, k), fall_back) + 20 * rows * k)
+    finish = max(12 * n * k + per_block, 2 * 12 * n * k)
+    return index.pair_buffer_bytes() + state + max(bounds, scan, finish) + RUNTIME_ALLOWANCE_BYTES
 
 
 KMEANS_MAX_POINTS_PER_CENTROID = 256  # FAISS ClusteringParameters default: k-means subsamples above it
