@@ -20,7 +20,7 @@ from embedsearch.storage import load_run
 
 def curves(run_path: Path) -> str:
     run = load_run(run_path)
-    points: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    points: dict[tuple, dict[tuple[str, str], list[tuple[int, str]]]] = defaultdict(lambda: defaultdict(list))
     difficulty = {}
     for bench in run.data["benchmarks"]:
         info = bench.get("extra_info") or {}
@@ -29,7 +29,7 @@ def curves(run_path: Path) -> str:
         data_set = (info[DATASET], info[N], info[D], info[K])
         difficulty[data_set] = (info[LID20], info[LID100], info[RC])
         (param, value), = info[PARAMS].items()
-        points[data_set][info[SPEC]].append((value, f"{value} → {info[RECALL]:.3f} ({info[QUERIES_PER_S]:.0f})", param))
+        points[data_set][info[SPEC], param].append((value, f"{value} → {info[RECALL]:.3f} ({info[QUERIES_PER_S]:.0f})"))
     if not points:
         raise SystemExit(f"{run_path}: no approximate test_search benchmark with recall and queries/s in it")
     lines = ["| data set | LID k=20 | LID k=100 | rel. contrast | index: parameter → recall@k (queries/s) |",
@@ -37,9 +37,8 @@ def curves(run_path: Path) -> str:
     for data_set, specs in sorted(points.items()):
         name, n, d, k = data_set
         cells = []
-        for spec, rows in sorted(specs.items()):
-            rows.sort()
-            cells.append(f"`{spec}` {rows[0][2]}: " + ", ".join(text for _, text, _ in rows))
+        for (spec, param), rows in sorted(specs.items()):
+            cells.append(f"`{spec}` {param}: " + ", ".join(text for _, text in sorted(rows)))
         lid20, lid100, rc = difficulty[data_set]
         lines.append(f"| {name}, {n} × {d}, k = {k} | {lid20:.1f} | {lid100:.1f} | {rc:.2f} | " + "; ".join(cells) + " |")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ benchmarking, Chromium Pinpoint):
 3. A pair's log-ratio is log(median head round / median base round). A pass's estimate is the
    crossover estimate over both orders with its standard error (`stats.crossover_estimate`)
    over `pairs` pairs (fewer, down to MIN_PAIRS, where that many would take more than
-   BENCHMARK_SECONDS: the end-to-end benchmark's 1 s rounds took 28 s of a 235 s A/A run).
+   BENCHMARK_SECONDS: the end-to-end benchmark, 1 s a round, took 28 s of a 235 s A/A run, set-up included).
    With `max_pairs` above `pairs`, a benchmark leaning slower by half the minimum effect without
    a clear within-pass verdict gets twice and four times as many, up to `max_pairs`.
    Pairs between the same two processes cannot reveal that the two processes differ for their
