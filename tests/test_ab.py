@@ -181,7 +181,7 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
     first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8, "v": 0.8})
     x_again, y_again = [1.2, 1.21, 1.19, 1.2], [1.0, 1.01, 0.99, 1.0]  # y: the first pass's 1.2 was its processes'
     v_again = [0.8, 0.79, 0.81, 0.8]
-    confirmations = [session({"x": x, "y": y, "v": v}) for x, y, v in zip(x_again, y_again, v_again)]
+    confirmations = [session({"x": x, "y": y, "v": v}).paired for x, y, v in zip(x_again, y_again, v_again)]
     sides = [Side(role, role, role * 10, Path(".")) for role in ("base", "head")]
     report = judge(*sides, first, confirmations, 0.05, Thresholds())
     found = {c.name.split("::")[1]: c for c in report.comparisons}

@@ -2,6 +2,7 @@
 
     python tools/probe_offsets.py cpus [--rounds 10]
     python tools/probe_offsets.py fork [--templates 6] [--passes 5]
+    python tools/probe_offsets.py setup [--templates 6] [--passes 5] [--keep | --leak]
 
 `cpus`: first the loop below pinned to CPU 0 (best of 20) with CPU 1 idle, then with a process
 spinning on CPU 1: on a machine whose CPUs share nothing the two times agree. Then the speed of
@@ -14,6 +15,14 @@ that builds a FAISS Flat index (10000 x 64, inner product) and times 200-query s
 children alternating in blocks of both orders for 20 pairs after one warm-up block. Prints each
 pass's mean log-ratio B / A. If the offset were drawn at set-up, passes would scatter around 0 in
 every template pair; if it is fixed when the process starts, a template pair's passes share it.
+
+`setup`: as `fork`, but each pass sets up again inside the two started processes themselves (new
+data arrays, a new index), with no fork; the previous set-up is freed first, so the new one lands
+on the memory it used. With `--keep` the processes set up once and every pass reuses that set-up,
+so what scatters between passes is time alone. With `--leak` every earlier set-up stays alive, so
+each new one lands on memory never used before. Measured here: with `--keep` and with the default
+a template pair's passes share an offset (its mean stays away from 0); with `--leak` they scatter
+around 0 as forked children do. The offset is drawn by the memory a set-up lands on.
 """
 
 from __future__ import annotations
@@ -87,6 +96,83 @@ def searcher(connection) -> None:
     os._exit(0)
 
 
+def set_up():
+    """A FAISS Flat index over fresh arrays, and fresh queries."""
+    import faiss
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    index = faiss.IndexFlatIP(D)
+    index.add(rng.standard_normal((N, D), dtype=np.float32))
+    return index, rng.standard_normal((NQ, D), dtype=np.float32)
+
+
+def in_process(connection, again: str) -> None:
+    """A started process that sets up at each pass and times searches on request.
+
+    `again`: "free" (free the previous set-up first), "keep" (set up once only), "leak" (keep every set-up alive)."""
+    import torch  # noqa: F401  imported as a pytest worker has it
+
+    index, queries = set_up()
+    earlier = []
+    while (request := connection.recv()) is not None:
+        if request == "pass" and again != "keep":
+            if again == "leak":
+                earlier.append((index, queries))
+            index = queries = None
+            index, queries = set_up()
+        elif request == "turn":
+            times = []
+            for _ in range(SEARCHES_PER_TURN):
+                started = time.perf_counter()
+                index.search(queries, K)
+                times.append(time.perf_counter() - started)
+            connection.send(statistics.median(times))
+
+
+class _Turns:
+    """A searcher handle for one_pass: `send(True)` asks for a turn, `recv()` gives its median."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def send(self, more: bool) -> None:
+        if more:
+            self.connection.send("turn")
+
+    def recv(self) -> float:
+        return self.connection.recv()
+
+
+def probe_setup(templates: int, passes: int, again: str) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    for number in range(templates):
+        ends, processes = [], []
+        for _ in range(2):
+            ours, theirs = spawn.Pipe()
+            process = spawn.Process(target=in_process, args=(theirs, again))
+            process.start()
+            ends.append(ours)
+            processes.append(process)
+        means = []
+        for _ in range(passes):
+            for end in ends:
+                end.send("pass")
+            means.append(one_pass([_Turns(end) for end in ends]))
+        for end, process in zip(ends, processes):
+            end.send(None)
+            process.join()
+        report(number, means)
+
+
+def report(number: int, means: list[tuple[float, float]]) -> None:
+    within = math.sqrt(statistics.mean([error ** 2 for _, error in means]))
+    print(f"template pair {number + 1}: passes " + " ".join(f"{mean:+.3f}" for mean, _ in means)
+          + f"   mean {statistics.mean(mean for mean, _ in means):+.3f}"
+          + f"   sd between passes {statistics.stdev(mean for mean, _ in means):.3f}"
+          + f"   within a pass {within:.3f} (rms standard error)", flush=True)
+
+
 def template(connection) -> None:
     """A started process holding faiss and torch, forking one searcher per request."""
     import faiss  # noqa: F401  imported before the fork, as a pytest worker has them
@@ -135,27 +221,28 @@ def probe_fork(templates: int, passes: int) -> None:
         for end, process in zip(ends, processes):
             end.send(False)
             process.join()
-        within = math.sqrt(statistics.mean([error ** 2 for _, error in means]))
-        print(f"template pair {number + 1}: passes " + " ".join(f"{mean:+.3f}" for mean, _ in means)
-              + f"   mean {statistics.mean(mean for mean, _ in means):+.3f}"
-              + f"   sd between passes {statistics.stdev(mean for mean, _ in means):.3f}"
-              + f"   within a pass {within:.3f} (rms standard error)", flush=True)
+        report(number, means)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("probe", choices=("cpus", "fork"))
+    parser.add_argument("probe", choices=("cpus", "fork", "setup"))
     parser.add_argument("--rounds", type=int, default=10, help="cpus: rounds, one a second (default 10)")
     parser.add_argument("--templates", type=int, default=6, help="fork: template pairs (default 6)")
-    parser.add_argument("--passes", type=int, default=5, help="fork: forked passes per template pair (default 5)")
+    parser.add_argument("--passes", type=int, default=5, help="fork, setup: passes per template pair (default 5)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--keep", action="store_true", help="setup: set up once and reuse it in every pass")
+    again.add_argument("--leak", action="store_true", help="setup: keep every earlier set-up alive")
     args = parser.parse_args()
     for name in ("rounds", "templates", "passes"):
         if getattr(args, name) < 2:
             parser.error(f"--{name} {getattr(args, name)}: expected at least 2")
     if args.probe == "cpus":
         probe_cpus(args.rounds)
-    else:
+    elif args.probe == "fork":
         probe_fork(args.templates, args.passes)
+    else:
+        probe_setup(args.templates, args.passes, "keep" if args.keep else "leak" if args.leak else "free")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ benchmarking, Chromium Pinpoint):
    Pairs between the same two processes cannot reveal that the two processes differ for their
    whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
    7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
-   (README: "process offsets"). So a benchmark whose first-pass ratio passes 1 + min_effect (a
-   suspect) is timed again in CONFIRMATIONS passes, each by fresh workers of both sides, and
-   judged on those passes alone (`stats.across_passes`: a t-test over the passes' estimates,
+   (README: "process offsets"). The offset comes with a set-up's memory placement: a set-up over
+   memory never used before draws a new one, a set-up over freed memory keeps the old one
+   (tools/probe_offsets.py). So a benchmark whose first-pass ratio passes 1 + min_effect (a
+   suspect) is timed again in CONFIRMATIONS passes, each by children that template workers of
+   both sides fork after collecting and that set everything up afresh, and judged on those passes alone (`stats.across_passes`: a t-test over the passes' estimates,
    which carries each benchmark's own process-to-process spread). The first pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
    of it, so each suspect's p-value holds whatever was selected. The suspects' p-values go
@@ -56,6 +58,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
@@ -124,7 +127,7 @@ class ABResult:
     head: Side
     report: GateReport
     benchmarks: list[PairedBenchmark]
-    confirmations: list[list[PairedBenchmark]]  # each confirmation pass's pairs: fresh workers, suspects only
+    confirmations: list[list[PairedBenchmark]]  # each confirmation pass's pairs: forked workers, suspects only
     added: list[str]
     removed: list[str]
     seconds: float
@@ -421,56 +424,101 @@ class Session:
     alpha: float  # each look's level in this pass
 
 
-def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Random, pairs: int, max_pairs: int,
-                min_effect: float, head_environment: dict[str, str], log, only: list[str] | None = None) -> Session:
-    """Start one worker per side, agree on the plan (`only` restricts it), pair every shared benchmark.
-
-    Each look is tested at ALPHA / (benchmarks in the plan x looks).
-    """
+@contextmanager
+def started_workers(base: Side, head: Side, pytest_args: list[str], head_environment: dict[str, str],
+                    template: bool = False):
+    """One connected worker per side (templates that fork a child per plan when `template`), stopped on leaving."""
     with tempfile.TemporaryDirectory(prefix="embedsearch-ab-") as folder:
         authkey = secrets.token_bytes(16)
         listener = Listener(str(Path(folder) / "controller.sock"), family="AF_UNIX", authkey=authkey)
         workers: dict[str, Worker] = {}
+        common = {"EMBEDSEARCH_AB_FORK": "1"} if template else {}
         try:
             for side in (base, head):
                 workers[side.role] = Worker(side, pytest_args, Path(folder), listener.address, authkey,
-                                            head_environment if side is head else {})
+                                            {**common, **(head_environment if side is head else {})})
             connect(listener, list(workers.values()))
             if base.imported_from == head.imported_from and base.commit != head.commit:
                 raise ABError(f"both sides import embedsearch from {base.imported_from}, but their commits differ "
                               f"({base.commit[:10]} and {head.commit[:10]}): the comparison would time one code twice")
-            plan, added, removed = agree_on_plan(workers["base"], workers["head"], only)
-            alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
-            log(f"{len(plan)} benchmarks in the plan; each look tested at alpha = {ALPHA} / ({len(plan)} x "
-                f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
-            paired = []
-            for position, nodeid in enumerate(plan, 1):
-                messages = {role: worker.receive() for role, worker in workers.items()}
-                for role, message in messages.items():
-                    if message[1] != nodeid:
-                        raise ABError(f"the {role} worker is at {message[1]}, expected {nodeid}")
-                if all(message[0] == "ready" for message in messages.values()):
-                    paired.append(run_pairs(workers, nodeid, rng, pairs, max_pairs, min_effect, alpha))
-                    log(f"[{position}/{len(plan)}] {nodeid}: {len(paired[-1].pairs)} pairs", flush=True)
-                else:
-                    for role, message in messages.items():
-                        if message[0] == "ready":  # the other side skipped or failed before timing
-                            workers[role].send("done")
-                for role, message in messages.items():
-                    finished = message if message[0] == "finished" else workers[role].receive()
-                    workers[role].side.outcomes.setdefault(nodeid, finished[2])
-            for worker in workers.values():
-                if worker.process.wait() not in (0, 1):  # 1: a test failed, judged below
-                    raise ABError(f"the {worker.side.role} worker exited with {worker.process.returncode}:\n"
-                                  + worker.log_tail())
-            runs = {role: load_run(worker.json_path) for role, worker in workers.items()}
+            yield workers
         except KeyboardInterrupt:
             raise ABError("interrupted: both workers stopped; nothing was saved or removed") from None
         finally:
             for worker in workers.values():
                 worker.stop()
             listener.close()
+
+
+def pair_plan(workers: dict[str, Worker], plan: list[str], rng: random.Random, pairs: int, max_pairs: int,
+              min_effect: float, alpha: float, log) -> list[PairedBenchmark]:
+    """Pair every benchmark of the plan as both workers reach it; record each test's outcome per side."""
+    paired = []
+    for position, nodeid in enumerate(plan, 1):
+        messages = {role: worker.receive() for role, worker in workers.items()}
+        for role, message in messages.items():
+            if message[0] == "ended":
+                raise ABError(f"the {role} worker's pass ended early (exit {message[1]}) before {nodeid}:\n"
+                              + workers[role].log_tail())
+            if message[1] != nodeid:
+                raise ABError(f"the {role} worker is at {message[1]}, expected {nodeid}")
+        if all(message[0] == "ready" for message in messages.values()):
+            paired.append(run_pairs(workers, nodeid, rng, pairs, max_pairs, min_effect, alpha))
+            log(f"[{position}/{len(plan)}] {nodeid}: {len(paired[-1].pairs)} pairs", flush=True)
+        else:
+            for role, message in messages.items():
+                if message[0] == "ready":  # the other side skipped or failed before timing
+                    workers[role].send("done")
+        for role, message in messages.items():
+            finished = message if message[0] == "finished" else workers[role].receive()
+            workers[role].side.outcomes.setdefault(nodeid, finished[2])
+    return paired
+
+
+def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Random, pairs: int, max_pairs: int,
+                min_effect: float, head_environment: dict[str, str], log) -> Session:
+    """The first pass: start one worker per side, agree on the plan, pair every shared benchmark.
+
+    Each look is tested at ALPHA / (benchmarks in the plan x looks).
+    """
+    with started_workers(base, head, pytest_args, head_environment) as workers:
+        plan, added, removed = agree_on_plan(workers["base"], workers["head"])
+        alpha = ALPHA / (len(plan) * looks(pairs, max_pairs))
+        log(f"{len(plan)} benchmarks in the plan; each look tested at alpha = {ALPHA} / ({len(plan)} x "
+            f"{looks(pairs, max_pairs)} looks) = {alpha:.2e}")
+        paired = pair_plan(workers, plan, rng, pairs, max_pairs, min_effect, alpha, log)
+        for worker in workers.values():
+            if worker.process.wait() not in (0, 1):  # 1: a test failed, judged below
+                raise ABError(f"the {worker.side.role} worker exited with {worker.process.returncode}:\n"
+                              + worker.log_tail())
+        runs = {role: load_run(worker.json_path) for role, worker in workers.items()}
     return Session(paired, plan, added, removed, runs, alpha)
+
+
+def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: list[str],
+                      min_effect: float, head_environment: dict[str, str], log) -> list[list[PairedBenchmark]]:
+    """CONFIRMATIONS passes over the suspects, each by forked children of one template worker per side.
+
+    A child sets everything up afresh over memory its template never used, so each pass draws new
+    process offsets (module docstring, step 3) without a process start and a collection per pass."""
+    passes = []
+    with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment, template=True) as workers:
+        plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=suspects)
+        for number in range(1, CONFIRMATIONS + 1):
+            log(f"confirmation {number} of {CONFIRMATIONS}: {len(plan)} suspect(s) (ratio beyond "
+                f"{1 + min_effect:.2f} either way), forked workers")
+            if number > 1:
+                for worker in workers.values():
+                    worker.send("plan", plan)
+            passes.append(pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log))
+            for worker in workers.values():
+                message = worker.receive()
+                if message[0] != "ended":
+                    raise ABError(f"the {worker.side.role} worker sent {message[0]!r} after its pass")
+        for worker in workers.values():
+            worker.send("stop")
+            worker.process.wait()
+    return passes
 
 
 def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
@@ -480,9 +528,9 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     """Run both revisions' suites in lockstep and judge every benchmark they share.
 
     A benchmark whose first-pass ratio passes 1 + min_effect is timed again in CONFIRMATIONS
-    passes, each by fresh workers of both sides (CONFIRMATION_PAIRS pairs each), and judged on
-    those passes: a pair of processes can differ by several percent for its whole life, which no
-    number of pairs between the same two processes reveals. `head_environment` is added to the head workers'
+    passes, each by forked workers of both sides that set up afresh (CONFIRMATION_PAIRS pairs
+    each), and judged on those passes: a set-up's memory placement can make it differ by several
+    percent for its whole life, which no number of pairs between the same two set-ups reveals. `head_environment` is added to the head workers'
     environment only (tools/measure_gate.py plants a slowdown with it). Both sides' first-pass
     runs are saved as ordinary pytest-benchmark runs under `storage`.
     """
@@ -502,14 +550,9 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     first = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, head_environment or {}, log)
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
-    confirmations: list[Session] = []
     suspects = suspect_names(first, min_effect)
-    while suspects and len(confirmations) < CONFIRMATIONS:
-        log(f"confirmation {len(confirmations) + 1} of {CONFIRMATIONS}: {len(suspects)} suspect(s) "
-            f"(ratio over {1 + min_effect:.2f}), fresh workers")
-        confirmations.append(run_session(base, head, [*pytest_args, "--no-perf-memory"], rng, CONFIRMATION_PAIRS,
-                                         CONFIRMATION_PAIRS,
-                                         min_effect, head_environment or {}, log, only=suspects))
+    confirmations = (run_confirmations(base, head, pytest_args, rng, suspects, min_effect, head_environment or {}, log)
+                     if suspects else [])
     saved = []
     if storage is not None:
         for role, run in first.runs.items():
@@ -524,7 +567,7 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     settings = {"alpha": ALPHA, "alpha_per_look": first.alpha, "min_effect": min_effect, "pairs": pairs,
                 "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "confirmation_pairs": CONFIRMATION_PAIRS, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
                 "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
-    return ABResult(base, head, report, first.paired, [session.paired for session in confirmations], first.added,
+    return ABResult(base, head, report, first.paired, confirmations, first.added,
                     first.removed, time.perf_counter() - started, saved, settings)
 
 
@@ -579,13 +622,12 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
     return comparisons
 
 
-def judge(base: Side, head: Side, first: Session, confirmations: list[Session], min_effect: float,
+def judge(base: Side, head: Side, first: Session, confirmations: list[list[PairedBenchmark]], min_effect: float,
           thresholds: Thresholds) -> GateReport:
     """The verdicts: time (`time_comparisons`), figures from both first-pass runs, one-sided failures."""
     runs = first.runs
     names = {bench["fullname"]: bench["name"] for run in runs.values() for bench in run.data["benchmarks"]}
-    report = GateReport(time_comparisons(first.paired, first.alpha, [session.paired for session in confirmations],
-                                         min_effect, names))
+    report = GateReport(time_comparisons(first.paired, first.alpha, confirmations, min_effect, names))
     base_benchmarks, head_benchmarks = runs["base"].benchmarks, runs["head"].benchmarks
     for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
         report.comparisons += compare_figures(name, base_benchmarks[name].get("extra_info") or {},
@@ -635,7 +677,7 @@ def result_record(result: ABResult) -> dict:
         "settings": result.settings, "seconds": result.seconds, "saved_runs": [str(path) for path in result.saved],
         "added": result.added, "removed": result.removed,
         "benchmarks": [paired_record(b) for b in result.benchmarks],
-        "confirmations": [[paired_record(b) for b in passed] for passed in result.confirmations],  # fresh workers
+        "confirmations": [[paired_record(b) for b in passed] for passed in result.confirmations],  # forked workers
         "comparisons": [{"name": c.name, "metric": c.metric, "base": c.baseline, "head": c.current, "ratio": c.ratio,
                          "low": c.low, "high": c.high, "pairs": c.pairs, "verdict": c.verdict,
                          "regression": c.regression, "passes": [pass_record(found) for found in c.passes]}

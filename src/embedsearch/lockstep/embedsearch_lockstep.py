@@ -14,11 +14,20 @@ controller ($EMBEDSEARCH_AB_ADDRESS, key $EMBEDSEARCH_AB_AUTHKEY) it:
    `rounds ITERATIONS COUNT` (returns each round's seconds per iteration, also recorded in
    pytest-benchmark's stats so the side's JSON is an ordinary run), `done`;
 4. sends each test's outcome when it ends.
+
+With $EMBEDSEARCH_AB_FORK set the worker is a template: it collects once, and for each plan it
+forks a child that runs the plan (step 3 on, without a JSON file) and exits, then says "ended" and
+waits for the next plan or "stop". A set-up draws its own memory placement only over memory never
+used before (tools/probe_offsets.py `setup`, `setup --leak`, `fork`), and the template never sets
+anything up, so each child draws fresh placements without paying for a process start and a
+collection. The template runs no test, and so never starts an OpenMP thread pool that its
+children would inherit broken.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from multiprocessing.connection import Client
 
@@ -26,6 +35,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture, PauseInstrumentation
 
 _channel = None  # the connection to the controller, set in pytest_configure
+_forked_child = False  # this process is a template's child, running one plan
 
 
 def _send(*message) -> None:
@@ -74,6 +84,8 @@ def pytest_collectreport(report) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _send("collected", [item.nodeid for item in items], _collection_errors)
     message = _receive()
+    if os.environ.get("EMBEDSEARCH_AB_FORK"):
+        message = _fork_per_plan(message)
     if message[0] != "plan":
         raise RuntimeError(f"embedsearch ab: expected a plan from the controller, got {message[0]!r}")
     by_id = {item.nodeid: item for item in items}
@@ -82,6 +94,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = planned
+
+
+def _fork_per_plan(message: tuple) -> tuple:
+    """Template: fork a child per plan and return the plan in the child; exit on "stop"."""
+    global _forked_child
+    while message[0] == "plan":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            _forked_child = True
+            return message
+        _, status = os.waitpid(child, 0)
+        _send("ended", os.waitstatus_to_exitcode(status))
+        message = _receive()
+    if message[0] != "stop":
+        raise RuntimeError(f"embedsearch ab: expected a plan or stop from the controller, got {message[0]!r}")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session: pytest.Session):
+    yield
+    if _forked_child:  # the plan is run: end without the session's teardown, reports or JSON file
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def pytest_runtest_logreport(report) -> None:
