@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each side runs in its own git worktree (HEAD omitted: the working tree as it is) in a "
                     "long-lived pytest worker; the timed rounds alternate between the sides in random order and "
                     "a benchmark whose first-pass ratio passes the minimum effect either way is timed again by "
-                    f"{CONFIRMATIONS} passes of fresh workers and judged on those (t over the passes, "
+                    f"{CONFIRMATIONS} passes of forked workers that set up afresh and judged on those (t over the passes, "
                     "Benjamini-Hochberg at 5% per direction): the first pass alone never says slower or faster. Peak memory, "
                     "index bytes, recall, accuracy and scaling exponents use the stored-baseline gate's tolerances. "
                     "PYTEST_ARGS select and size the benchmarks as for pytest --benchmark (-k, --perf-tier, ...). "
