@@ -122,6 +122,25 @@ def test_every_worker_gets_its_own_random_layout_padding(monkeypatch, tmp_path):
     assert len(set(lengths)) > 1
 
 
+def test_a_forked_child_ending_before_its_pass_is_done_is_reported_with_its_exit_status(tmp_path):
+    from multiprocessing import Pipe
+
+    from embedsearch.ab import Side
+
+    worker = object.__new__(Worker)  # the message handling of a worker, without a pytest run behind it
+    worker.side, worker.log_path = Side("head", "HEAD", "0" * 40, tmp_path), tmp_path / "head.log"
+    worker.log_path.write_text("Fatal Python error: Segmentation fault\n")
+    worker.connection, template = Pipe()
+    template.send(("ended", -11))  # the template's child died in the middle of a benchmark
+    with pytest.raises(ABError, match=r"(?s)the head worker sent 'ended' \(its pass's child exited with -11\).*Segmentation"):
+        worker.receive()
+    template.send(("ready", "perf/b.py::x"))
+    with pytest.raises(ABError, match="the head worker sent 'ready', expected the end of its pass"):
+        worker.receive(end_of_pass=True)
+    template.send(("ended", 0))
+    assert worker.receive(end_of_pass=True) == ("ended", 0)
+
+
 def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
@@ -174,7 +193,7 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
             for i in range(10) for first in ("base", "head")])
 
     def session(ratios: dict[str, float]) -> Session:
-        return Session([paired(f"perf/b.py::{name}", ratio) for name, ratio in ratios.items()], [], [], [], runs, 1e-3)
+        return Session([paired(f"perf/b.py::{name}", ratio) for name, ratio in ratios.items()], [], [], runs, 1e-3)
 
     runs = {role: make_run({name: ([1.0], {}) for name in "xyzwv"}) for role in ("base", "head")}
     first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8, "v": 0.8})
@@ -209,7 +228,7 @@ def test_suspects_are_the_benchmarks_beyond_the_minimum_effect_either_way():
             {"first": first, "base": [1e-3], "head": [ratio * 1e-3]} for _ in range(5) for first in ("base", "head")])
 
     ratios = {"slower": 1.06, "faster": 1 / 1.06, "inside": 1.04, "inside_faster": 1 / 1.04}
-    session = Session([paired(name, ratio) for name, ratio in ratios.items()], [], [], [], {}, 1e-3)
+    session = Session([paired(name, ratio) for name, ratio in ratios.items()], [], [], {}, 1e-3)
     assert suspect_names(session, 0.05) == ["slower", "faster"]
 
 
@@ -233,7 +252,7 @@ def test_judge_flags_a_test_failing_on_head_only():
     head = Side("head", "b", "2" * 40, Path("."), outcomes={"t::x": "failed in call: assert 0.5 == 1.0",
                                                               "t::y": "failed in call: boom"})
     runs = {"base": make_run({"x": ([1.0], {"recall": 1.0})}), "head": make_run({"x": ([1.0], {"recall": 0.5})})}
-    report = judge(base, head, Session([], [], [], [], runs, 0.01), [], 0.05, Thresholds())
+    report = judge(base, head, Session([], [], [], runs, 0.01), [], 0.05, Thresholds())
     assert sorted((c.name, c.metric) for c in report.regressions) == [("t::x", "test"), ("x", "recall")]
     assert any("t::y: base failed in call, head failed in call" in note for note in report.notes)
 
@@ -296,6 +315,11 @@ def test_ab_catches_a_slower_search_and_passes_unchanged_code(project, tmp_path)
 
     pairs = json.loads(record.read_text())["benchmarks"][0]["pairs"]
     assert len(pairs) >= 6 and {"first", "base", "head"} <= set(pairs[0])
+    from embedsearch.ab import CONFIRMATION_PAIRS, CONFIRMATIONS
+    confirmations = json.loads(record.read_text())["confirmations"]  # the suspect, in children of the templates
+    flat = "perf/bench_brute_force.py::test_brute_force[Flat-n5000-d64-ip-embedding-k10-nq200-cpu]"
+    assert [[b["name"] for b in passed] for passed in confirmations] == [[flat]] * CONFIRMATIONS
+    assert all(len(passed[0]["pairs"]) == CONFIRMATION_PAIRS for passed in confirmations)
     saved = sorted(Path(project["repository"], ".benchmarks").rglob("*_ab-*.json"))
     assert [path.name.split("_", 1)[1][:7] for path in saved] == ["ab-base", "ab-head"]
 
@@ -322,6 +346,24 @@ def test_ab_bad_input_exits_2_naming_the_problem(project, tmp_path):
     assert code == 2 and "could not collect the head side" in err and "nonexistent_module_for_the_test" in err
     code, _, err = ab(project, project["base"], "--pairs", "3", "--", *SMALL)
     assert code == 2 and "pairs=3" in err
+
+
+def test_a_confirmation_child_that_crashes_ends_the_run_with_exit_2_and_its_status(project):
+    repository = Path(project["repository"])  # its working tree holds the slower commit
+    index_py = repository / "src" / "embedsearch" / "index.py"
+    source = index_py.read_text()
+    crashing = source.replace("        return self._search(queries, k)\n",
+                              "        import os, signal\n"
+                              "        if os.environ.get('EMBEDSEARCH_AB_FORK'):  # in a confirmation child only\n"
+                              "            os.kill(os.getpid(), signal.SIGSEGV)\n"
+                              "        return self._search(queries, k)\n", 1)
+    index_py.write_text(crashing)
+    try:  # head: the working tree, 50% slower, so its search is a suspect and confirmed by forked children
+        code, out, err = ab(project, project["base"], "--min-effect", "0.25", "--", *SMALL)
+    finally:
+        git(repository, "checkout", "-q", "--", "src/embedsearch/index.py")
+    assert code == 2, out + err
+    assert "the head worker sent 'ended' (its pass's child exited with -11)" in err
 
 
 def test_ab_refuses_two_commits_that_import_the_same_files(project, tmp_path):

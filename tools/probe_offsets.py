@@ -228,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("probe", choices=("cpus", "fork", "setup"))
     parser.add_argument("--rounds", type=int, default=10, help="cpus: rounds, one a second (default 10)")
-    parser.add_argument("--templates", type=int, default=6, help="fork: template pairs (default 6)")
+    parser.add_argument("--templates", type=int, default=6, help="fork, setup: process pairs (default 6)")
     parser.add_argument("--passes", type=int, default=5, help="fork, setup: passes per template pair (default 5)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--keep", action="store_true", help="setup: set up once and reuse it in every pass")

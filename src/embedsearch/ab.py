@@ -23,12 +23,13 @@ benchmarking, Chromium Pinpoint):
    Pairs between the same two processes cannot reveal that the two processes differ for their
    whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
    7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
-   (README: "process offsets"). The offset comes with a set-up's memory placement: a set-up over
-   memory never used before draws a new one, a set-up over freed memory keeps the old one
+   (README: "process offsets"). The offset comes with a set-up's memory: a set-up over memory
+   never used before draws a new one, a set-up over freed memory keeps the old one
    (tools/probe_offsets.py). So a benchmark whose first-pass ratio passes 1 + min_effect (a
    suspect) is timed again in CONFIRMATIONS passes, each by children that template workers of
-   both sides fork after collecting and that set everything up afresh, and judged on those passes alone (`stats.across_passes`: a t-test over the passes' estimates,
-   which carries each benchmark's own process-to-process spread). The first pass only selects:
+   both sides fork after collecting, which set everything up afresh with their own random
+   layout padding, and judged on those passes alone (`stats.across_passes`: a t-test over the
+   passes' estimates, which carries each benchmark's own set-up-to-set-up spread). The first pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
    of it, so each suspect's p-value holds whatever was selected. The suspects' p-values go
    through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
@@ -207,13 +208,16 @@ class Worker:
     """One side's long-lived pytest process and its connection to the controller."""
 
     def __init__(self, side: Side, pytest_args: list[str], folder: Path, address: str, authkey: bytes,
-                 environment: dict[str, str]):
+                 environment: dict[str, str], template: bool = False):
         self.side = side
+        self.template = template  # forks a child per plan (embedsearch_lockstep: EMBEDSEARCH_AB_FORK)
         self.json_path = folder / f"{side.role}.json"
         self.log_path = folder / f"{side.role}.log"
         python_path = [str(side.tree / "src"), str(LOCKSTEP_PLUGIN)]
         if os.environ.get("PYTHONPATH"):
             python_path.append(os.environ["PYTHONPATH"])
+        if template:
+            environment = dict(environment, EMBEDSEARCH_AB_FORK="1")
         env = dict(os.environ, **environment, PYTHONPATH=os.pathsep.join(python_path),
                    EMBEDSEARCH_AB_ADDRESS=address, EMBEDSEARCH_AB_AUTHKEY=authkey.hex(), EMBEDSEARCH_AB_SIDE=side.role,
                    # A random amount of environment shifts this process's stack and heap by a random offset
@@ -233,12 +237,22 @@ class Worker:
     def send(self, *message) -> None:
         self.connection.send(message)
 
-    def receive(self) -> tuple:
+    def send_plan(self, plan: list[str]) -> None:
+        """The ids to run, in order; a template's child also gets its own random layout padding (see __init__)."""
+        self.send("plan", plan, *([secrets.randbelow(LAYOUT_PADDING)] if self.template else []))
+
+    def receive(self, end_of_pass: bool = False) -> tuple:
+        """The worker's next message; ABError if it died, or if a forked child ended before `end_of_pass`."""
         try:
-            return self.connection.recv()
+            message = self.connection.recv()
         except (EOFError, ConnectionError, OSError):
             raise ABError(f"the {self.side.role} worker ended unexpectedly (exit {self.process.wait()}):\n"
                           + self.log_tail()) from None
+        if (message[0] == "ended") != end_of_pass:
+            raise ABError(f"the {self.side.role} worker sent {message[0]!r}"
+                          + (f" (its pass's child exited with {message[1]})" if message[0] == "ended" else
+                             ", expected the end of its pass") + ":\n" + self.log_tail())
+        return message
 
     def log_tail(self, characters: int = 3000) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -253,6 +267,7 @@ class Worker:
         self._signal(signal.SIGCONT)
 
     def _signal(self, number: int) -> None:
+        # Only while the worker is not yet reaped: a reaped worker's process group id may be reused.
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, number)
@@ -327,7 +342,7 @@ def agree_on_plan(base: Worker, head: Worker, only: list[str] | None = None) -> 
         raise ABError(f"no benchmark in common: base collected {len(collected['base'])}, head "
                       f"{len(collected['head'])} (check the pytest arguments, e.g. -k)")
     for worker in (base, head):
-        worker.send("plan", plan)
+        worker.send_plan(plan)
     return plan, added, removed
 
 
@@ -418,10 +433,9 @@ def looks(pairs: int, max_pairs: int) -> int:
 
 @dataclass
 class Session:
-    """One pass: a pair of fresh workers over a plan of benchmarks."""
+    """The first pass: a pair of started workers over every benchmark both sides hold."""
 
     paired: list[PairedBenchmark]
-    plan: list[str]
     added: list[str]
     removed: list[str]
     runs: dict[str, Run]
@@ -436,11 +450,10 @@ def started_workers(base: Side, head: Side, pytest_args: list[str], head_environ
         authkey = secrets.token_bytes(16)
         listener = Listener(str(Path(folder) / "controller.sock"), family="AF_UNIX", authkey=authkey)
         workers: dict[str, Worker] = {}
-        common = {"EMBEDSEARCH_AB_FORK": "1"} if template else {}
         try:
             for side in (base, head):
                 workers[side.role] = Worker(side, pytest_args, Path(folder), listener.address, authkey,
-                                            {**common, **(head_environment if side is head else {})})
+                                            head_environment if side is head else {}, template)
             connect(listener, list(workers.values()))
             if base.imported_from == head.imported_from and base.commit != head.commit:
                 raise ABError(f"both sides import embedsearch from {base.imported_from}, but their commits differ "
@@ -461,9 +474,6 @@ def pair_plan(workers: dict[str, Worker], plan: list[str], rng: random.Random, p
     for position, nodeid in enumerate(plan, 1):
         messages = {role: worker.receive() for role, worker in workers.items()}
         for role, message in messages.items():
-            if message[0] == "ended":
-                raise ABError(f"the {role} worker's pass ended early (exit {message[1]}) before {nodeid}:\n"
-                              + workers[role].log_tail())
             if message[1] != nodeid:
                 raise ABError(f"the {role} worker is at {message[1]}, expected {nodeid}")
         if all(message[0] == "ready" for message in messages.values()):
@@ -496,7 +506,7 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
                 raise ABError(f"the {worker.side.role} worker exited with {worker.process.returncode}:\n"
                               + worker.log_tail())
         runs = {role: load_run(worker.json_path) for role, worker in workers.items()}
-    return Session(paired, plan, added, removed, runs, alpha)
+    return Session(paired, added, removed, runs, alpha)
 
 
 def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: list[str],
@@ -513,12 +523,13 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
                 f"{1 + min_effect:.2f} either way), forked workers")
             if number > 1:
                 for worker in workers.values():
-                    worker.send("plan", plan)
+                    worker.send_plan(plan)
             passes.append(pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log))
             for worker in workers.values():
-                message = worker.receive()
-                if message[0] != "ended":
-                    raise ABError(f"the {worker.side.role} worker sent {message[0]!r} after its pass")
+                _, status = worker.receive(end_of_pass=True)
+                if status != 0:
+                    raise ABError(f"the {worker.side.role} worker's child for confirmation {number} exited with "
+                                  f"{status}:\n" + worker.log_tail())
         for worker in workers.values():
             worker.send("stop")
             worker.process.wait()
@@ -534,9 +545,10 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     A benchmark whose first-pass ratio passes 1 + min_effect is timed again in CONFIRMATIONS
     passes, each by forked workers of both sides that set up afresh (CONFIRMATION_PAIRS pairs
     each), and judged on those passes: a set-up's memory placement can make it differ by several
-    percent for its whole life, which no number of pairs between the same two set-ups reveals. `head_environment` is added to the head workers'
-    environment only (tools/measure_gate.py plants a slowdown with it). Both sides' first-pass
-    runs are saved as ordinary pytest-benchmark runs under `storage`.
+    percent for its whole life, which no number of pairs between the same two set-ups reveals.
+    `head_environment` is added to the head workers' environment only (tools/measure_gate.py
+    plants a slowdown with it). Both sides' first-pass runs are saved as ordinary
+    pytest-benchmark runs under `storage`.
     """
     if not 0 <= min_effect < 10:
         raise ValueError(f"min_effect={min_effect}: expected a fraction such as 0.05")
@@ -569,7 +581,8 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     for nodeid in first.removed:
         report.notes.append(f"{nodeid}: removed in head, not compared")
     settings = {"alpha": ALPHA, "alpha_per_look": first.alpha, "min_effect": min_effect, "pairs": pairs,
-                "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "confirmation_pairs": CONFIRMATION_PAIRS, "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
+                "max_pairs": max_pairs, "confirmations": CONFIRMATIONS, "confirmation_pairs": CONFIRMATION_PAIRS,
+                "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
                 "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
     return ABResult(base, head, report, first.paired, confirmations, first.added,
                     first.removed, time.perf_counter() - started, saved, settings)

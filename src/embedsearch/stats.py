@@ -87,7 +87,8 @@ def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: fl
     Noise shared by both halves of a pair (other jobs, a slower machine) cancels in the ratio;
     an outlier widens the interval instead of moving it past 0. So `low > 1` is a one-sided test
     of "head slower" at level alpha. It cannot see an offset that holds for the whole life of a
-    pair of processes (memory layout): `embedsearch.ab` confirms suspects in fresh processes.
+    pair of set-ups (their memory placement and layout): `embedsearch.ab` confirms suspects by
+    fresh set-ups in forked children.
     """
     groups = [np.asarray(values, dtype=np.float64) for values in (base_first, head_first)]
     if any(group.ndim != 1 or group.size == 0 or not np.isfinite(group).all() for group in groups):
@@ -109,15 +110,16 @@ def crossover_estimate(base_first: np.ndarray, head_first: np.ndarray, alpha: fl
 
 
 def across_passes(passes: list[PairedEstimate], alpha: float) -> tuple[PairedEstimate, float]:
-    """Head / base ratio from K passes of fresh process pairs, with a Student-t interval of two-sided
+    """Head / base ratio from K passes of fresh set-ups, with a Student-t interval of two-sided
     level 1 - 2·alpha, and the one-sided p-value of "head slower".
 
-    A pass's mean log-ratio = the true log-ratio + the offset of its pair of processes (memory
-    layout, what the processes ran before: fixed for their life, so pairs between the same two
-    processes cannot see it) + pair noise. The spread between passes holds both, so the test is
+    A pass's mean log-ratio = the true log-ratio + the offset of its pair of set-ups (the memory
+    they landed on, their heap layout: fixed for their life, so pairs between the same two
+    set-ups cannot see it) + pair noise. The spread between passes holds both, so the test is
     a one-sample t over the K passes' estimates (K - 1 degrees of freedom), the offset's size
-    estimated from the data of each benchmark. Assumes the passes' estimates independent (fresh
-    processes, a fresh random layout each) and roughly normal.
+    estimated from the data of each benchmark. Assumes the passes' estimates independent (each
+    pass sets up afresh in children forked with their own random layout padding) and roughly
+    normal.
     """
     if len(passes) < 2:
         raise ValueError(f"{len(passes)} pass(es): expected at least 2")

@@ -26,9 +26,11 @@ children would inherit broken.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
+import traceback
 from multiprocessing.connection import Client
 
 import pytest
@@ -97,14 +99,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _fork_per_plan(message: tuple) -> tuple:
-    """Template: fork a child per plan and return the plan in the child; exit on "stop"."""
+    """Template: fork a child per plan and return the plan in the child; exit on "stop".
+
+    A plan for a template carries a padding length: the child puts that many bytes into its
+    environment before anything else, as the controller does for a started worker, so that each
+    child's heap layout is drawn afresh instead of all children sharing their template's."""
     global _forked_child
+    gc.collect()
+    gc.freeze()  # the children's collections leave the template's objects (and their pages) alone
     while message[0] == "plan":
         sys.stdout.flush()
         sys.stderr.flush()
         child = os.fork()
         if child == 0:
             _forked_child = True
+            os.environ["EMBEDSEARCH_AB_LAYOUT"] = "." * message[2]
             return message
         _, status = os.waitpid(child, 0)
         _send("ended", os.waitstatus_to_exitcode(status))
@@ -117,11 +126,13 @@ def _fork_per_plan(message: tuple) -> tuple:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtestloop(session: pytest.Session):
-    yield
+    outcome = yield
     if _forked_child:  # the plan is run: end without the session's teardown, reports or JSON file
+        if outcome.excinfo is not None:
+            traceback.print_exception(outcome.excinfo[1])
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(0 if outcome.excinfo is None else 3)
 
 
 def pytest_runtest_logreport(report) -> None:
