@@ -104,6 +104,24 @@ def test_only_the_timed_side_runs_and_both_resume_at_the_end():
         assert not worker.paused
 
 
+def test_a_benchmark_failing_while_timed_ends_the_run_with_its_failure():
+    workers = {"base": FakeWorker(1e-3, 0.01, 1), "head": FakeWorker(1e-3, 0.01, 2)}
+    workers["base"].other, workers["head"].other = workers["head"], workers["base"]
+    failing = workers["head"].send
+
+    def send(*message) -> None:  # head's rounds raise: its test ends and says so instead of sending times
+        failing(*message)
+        if message[0] == "rounds":
+            workers["head"].replies[-1] = ("finished", "perf/bench_x.py::test_x", "failed in call: MemoryError")
+
+    workers["head"].send = send
+    with pytest.raises(ABError, match=r"the head worker ended its benchmark while being timed \(rounds\): "
+                                      r"perf/bench_x.py::test_x failed in call: MemoryError"):
+        run_pairs(workers, "perf/bench_x.py::test_x", random.Random(1), pairs=4, max_pairs=4, min_effect=0.05,
+                  alpha=0.05)
+    assert not workers["base"].paused and not workers["head"].paused  # both resumed for the workers' stop
+
+
 def test_every_worker_gets_its_own_random_layout_padding(monkeypatch, tmp_path):
     from embedsearch.ab import LAYOUT_PADDING, Side
 

@@ -358,14 +358,21 @@ def run_pairs(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs
             worker.resume()
 
 
+REPLIES = {"calibrate": "calibrated", "rounds": "times"}  # a worker's reply to each timing command
+
+
 def exchange(workers: dict[str, Worker], role: str, *command) -> tuple:
-    """Send `command` to `role`'s worker with the other side paused; its reply."""
+    """Send `command` to `role`'s worker with the other side paused; its reply, or ABError if the test ended instead."""
     for other, worker in workers.items():
         if other != role:
             worker.pause()
     workers[role].resume()
     workers[role].send(*command)
-    return workers[role].receive()
+    reply = workers[role].receive()
+    if reply[0] != REPLIES[command[0]]:
+        detail = f"{reply[1]} {reply[2]}" if reply[0] == "finished" else repr(reply[0])
+        raise ABError(f"the {role} worker ended its benchmark while being timed ({command[0]}): {detail}")
+    return reply
 
 
 def paired_rounds(workers: dict[str, Worker], nodeid: str, rng: random.Random, pairs: int, max_pairs: int,
