@@ -77,25 +77,6 @@ def probe_cpus(rounds: int) -> None:
         time.sleep(1)
 
 
-def searcher(connection) -> None:
-    """A forked child: set up a FAISS Flat index, then time SEARCHES_PER_TURN searches per request (median)."""
-    import faiss
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    index = faiss.IndexFlatIP(D)
-    index.add(rng.standard_normal((N, D), dtype=np.float32))
-    queries = rng.standard_normal((NQ, D), dtype=np.float32)
-    while connection.recv():
-        times = []
-        for _ in range(SEARCHES_PER_TURN):
-            started = time.perf_counter()
-            index.search(queries, K)
-            times.append(time.perf_counter() - started)
-        connection.send(statistics.median(times))
-    os._exit(0)
-
-
 def set_up():
     """A FAISS Flat index over fresh arrays, and fresh queries."""
     import faiss
@@ -105,6 +86,24 @@ def set_up():
     index = faiss.IndexFlatIP(D)
     index.add(rng.standard_normal((N, D), dtype=np.float32))
     return index, rng.standard_normal((NQ, D), dtype=np.float32)
+
+
+def median_search_seconds(index, queries) -> float:
+    """The median time of SEARCHES_PER_TURN searches: one turn."""
+    times = []
+    for _ in range(SEARCHES_PER_TURN):
+        started = time.perf_counter()
+        index.search(queries, K)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def searcher(connection) -> None:
+    """A forked child: set up, then time one turn per request."""
+    index, queries = set_up()
+    while connection.recv():
+        connection.send(median_search_seconds(index, queries))
+    os._exit(0)
 
 
 def in_process(connection, again: str) -> None:
@@ -122,12 +121,7 @@ def in_process(connection, again: str) -> None:
             index = queries = None
             index, queries = set_up()
         elif request == "turn":
-            times = []
-            for _ in range(SEARCHES_PER_TURN):
-                started = time.perf_counter()
-                index.search(queries, K)
-                times.append(time.perf_counter() - started)
-            connection.send(statistics.median(times))
+            connection.send(median_search_seconds(index, queries))
 
 
 class _Turns:
