@@ -29,7 +29,8 @@ benchmarking, Chromium Pinpoint):
    suspect) is timed again in CONFIRMATIONS passes, each by children that template workers of
    both sides fork after collecting, which set everything up afresh with their own random
    layout padding, and judged on those passes alone (`stats.across_passes`: a t-test over the
-   passes' estimates, which carries each benchmark's own set-up-to-set-up spread). The first pass only selects:
+   passes' estimates, which carries each benchmark's own set-up-to-set-up spread). The first
+   pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
    of it, so each suspect's p-value holds whatever was selected. The suspects' p-values go
    through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
@@ -520,8 +521,8 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
                       min_effect: float, head_environment: dict[str, str], log) -> list[list[PairedBenchmark]]:
     """CONFIRMATIONS passes over the suspects, each by forked children of one template worker per side.
 
-    A child sets everything up afresh over memory its template never used, so each pass draws new
-    process offsets (module docstring, step 3) without a process start and a collection per pass."""
+    A child sets everything up afresh, with its own layout padding, so each pass draws new offsets
+    (module docstring, step 3) without a process start and a collection per pass."""
     passes = []
     with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment, template=True) as workers:
         plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=suspects)
