@@ -418,9 +418,11 @@ def test_bf16_search_equals_reference_on_near_ties(problem):
     assert 0.0 <= index.last_certified_fraction <= 1.0
 
 
+@pytest.mark.parametrize("alignment", [1, 8])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_bf16_error_bound_holds_for_every_score(metric):
+def test_bf16_error_bound_holds_for_every_score(metric, alignment, monkeypatch):
     """The docstring's bound |t - (s - c)| <= w|t| + E, checked against float64 scores on adversarial data."""
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)  # 8: cuda's zero padding
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 96)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 20, axis=0), rng),
@@ -545,16 +547,18 @@ def test_bf16_all_pairs_falls_back_to_float32_for_rows_with_too_many_near_ties()
         assert_exact_search(database, database, 5, metric, distances, ids)
 
 
+@pytest.mark.parametrize("alignment", [1, 8])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric):
+def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric, alignment, monkeypatch):
     """|t - (s - c)| <= w|t| + E for the row's frame and for the column's: one pair score serves both."""
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)  # 8: cuda's zero padding
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 48)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 10, axis=0), rng),
                                bases * np.float32(1e-3), rng.standard_normal((100, 48)).astype(np.float32) * 30])
     index = build_index(BF16_SPEC, database, metric)
     state = index._pair_state(10)
-    left = index._pair_operand(torch.empty((len(database), index.pair_d), dtype=torch.bfloat16), 0, len(database),
+    left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16), 0, len(database),
                                state.offset, "left")
     right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
     pair_scores = (left @ right.T).double().numpy()  # t: bf16 product, float32 accumulation
@@ -577,3 +581,86 @@ def test_bf16_all_pairs_rejects_bad_k_and_an_empty_index():
     index.reset()
     with pytest.raises(ValueError, match="no vectors have been added"):
         index.all_pairs_search(1)
+
+
+# --- on cuda: the same exactness, on tensor cores (skipped without a GPU) ----------------------------
+
+
+@needs_cuda
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=near_tie_problems())
+def test_bf16_cuda_search_equals_reference_on_near_ties(problem):
+    database, queries, k, metric, (query_block, database_block), chunk = problem
+    index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cuda"), query_block, database_block)
+    index.CHUNK = chunk
+    index.add(database)
+    distances, ids = index.search(queries, k)
+    assert_exact_search(database, queries, k, metric, distances, ids)
+
+
+@needs_cuda
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=all_pairs_problems())
+def test_bf16_cuda_all_pairs_equals_reference_on_near_ties(problem):
+    database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
+    pair_block = max(pair_block, 16)  # one-row blocks launch thousands of kernels per example on cuda
+    index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cuda"), 4, 16)
+    index.pair_block, index.CHUNK, index.SEED_CHUNK, index.REFRESH = pair_block, chunk, seed_chunk, refresh
+    index.add(database)
+    distances, ids = index.all_pairs_search(k)
+    assert_exact_search(database, database, k, metric, distances, ids)
+
+
+@needs_cuda
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_cuda_equals_torch_float32_and_certifies_clustered_data(metric):
+    split = clustered_embeddings(20_000, 300, 64, 20, seed=9)
+    float32_distances, float32_ids = build_index(TORCH_SPEC, split.train_vectors, metric, device="cuda").search(
+        split.val_vectors, 10)
+    index = build_index(BF16_SPEC, split.train_vectors, metric, device="cuda")
+    distances, ids = index.search(split.val_vectors, 10)
+    np.testing.assert_array_equal(ids, float32_ids)
+    np.testing.assert_allclose(distances, float32_distances, atol=1e-5)
+    assert index.last_certified_fraction == 1.0
+    pair_distances, pair_ids = index.all_pairs_search(10)
+    assert index.last_certified_fraction == 1.0
+    _, float32_ids = build_index(TORCH_SPEC, split.train_vectors, metric, device="cuda").search(split.train_vectors, 10)
+    # against float64 (20k x 20k at once would not fit): the first rows, and every row whose ids
+    # differ from float32 search's (on an H200, 1 of 20000: two neighbours tied in float32, swapped)
+    rows = np.union1d(np.arange(100), np.nonzero((pair_ids != float32_ids).any(axis=1))[0])
+    for begin in range(0, len(rows), 50):
+        some = rows[begin:begin + 50]
+        assert_exact_search(split.train_vectors, split.train_vectors[some], 10, metric, pair_distances[some],
+                            pair_ids[some])
+
+
+@needs_cuda
+@pytest.mark.parametrize("spec", [TORCH_SPEC, BF16_SPEC])
+def test_cuda_search_stays_exact_when_the_caller_turned_tf32_on(spec):
+    split = clustered_embeddings(3000, 200, 48, 6, seed=7)
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"  # as torch.set_float32_matmul_precision("high") does: 10-bit mantissas
+    try:
+        distances, ids = build_index(spec, split.train_vectors, "l2", device="cuda").search(split.val_vectors, 10)
+        assert matmul.fp32_precision == "tf32"  # the caller's setting is restored
+    finally:
+        matmul.fp32_precision = saved
+    assert_exact_search(split.train_vectors, split.val_vectors, 10, "l2", distances, ids)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_zero_padded_columns_keep_search_and_all_pairs_exact(metric, monkeypatch):
+    """cuda pads x' and q' with zeros to 8 columns: the same here, on near-ties, with the fall-back."""
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", 8)
+    rng = np.random.default_rng(6)
+    other = rng.standard_normal((1500, 37)).astype(np.float32)  # len(x') 38 (ip) or 40 (l2): padded to 40
+    database = np.concatenate([other, low_mantissa_variants(np.repeat(other[:1], 150, axis=0), rng)])
+    index = bf16_index_with_blocks(database, metric, pair_block=256, query_block=128, database_block=512)
+    assert index._scored.shape[1] == 40 and index.pair_columns == 40 + (8 if metric == "l2" else 0)
+    distances, ids = index.search(database[:300], 5)
+    assert index.last_certified_fraction < 1.0  # the crowded rows fell back to float32
+    assert_exact_search(database, database[:300], 5, metric, distances, ids)
+    distances, ids = index.all_pairs_search(5)
+    assert index.last_certified_fraction < 1.0
+    assert_exact_search(database, database, 5, metric, distances, ids)

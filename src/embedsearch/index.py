@@ -202,6 +202,7 @@ class TorchFlatIndex(Index):
 
     A search allocates one score buffer of query_block x database_block float32 values
     (`score_buffer_bytes(nq)`) and reuses it for every block, plus the per-block top-k candidates.
+    On cuda its products run in float32 even where the caller turned TF32 on (it would not be exact).
     """
 
     # Measured on 2 cpu cores (README): small blocks stay in cache; a GPU wants big matrix products.
@@ -254,11 +255,12 @@ class TorchFlatIndex(Index):
         # One buffer for every block: a fresh allocation per block costs page faults on cpu.
         buffer = self._score_buffer(len(queries_t))
         all_distances, all_ids = [], []
-        for q_start in range(0, queries_t.shape[0], self.query_block):
-            block_queries = queries_t[q_start:q_start + self.query_block]
-            scores, ids = self._search_block(block_queries, k, buffer)
-            all_distances.append(self._distances(block_queries, scores))
-            all_ids.append(ids)
+        with _exact_cuda_matmuls(self.device):
+            for q_start in range(0, queries_t.shape[0], self.query_block):
+                block_queries = queries_t[q_start:q_start + self.query_block]
+                scores, ids = self._search_block(block_queries, k, buffer)
+                all_distances.append(self._distances(block_queries, scores))
+                all_ids.append(ids)
         distances = torch.cat(all_distances)
         ids = torch.cat(all_ids)
         synchronize(self.device)
@@ -330,6 +332,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
        q̂·(x̂ - x) + (q̂ - q)·x), R = max |bf16(x) - x| and M = max |x| as measured when added,
        plus e = max |h - h1 - h2| (+ (d + 2)·2^-52·h for h's own float64 sum);
     2. accumulation: products of bf16 numbers are exact in float32; n = len(x') float32 additions
+       (n also counts the zeros that pad x' to COLUMN_ALIGNMENT: a bound for more terms holds)
        in any order (blocked, fused or not) err by at most γn·Σ|q'i x'i| <= γn·|q'|·M',
        γn = n·2^-24 / (1 - n·2^-24), M' = max |x'| (Higham, Accuracy and Stability of Numerical
        Algorithms, §3.1), plus (2n + 1)·2^-126 for results flushed to zero on underflow;
@@ -380,11 +383,17 @@ class TorchFlatBf16Index(TorchFlatIndex):
     candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
     27 bytes of bounds, θ and counts per row, and the results (`memory.all_pairs_model_bytes` bounds it all).
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
-    off for the matrix product (they would break bound 2).
+    off for the matrix product (they would break bound 2) and TF32 off for the float32 re-rank
+    and fall-back (it would break F), whatever the caller set.
     """
 
     CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
-    PAIR_BLOCKS = {"cpu": 4096, "cuda": 8192}  # all_pairs_search's square blocks: rows (= columns) per block
+    # Larger query blocks on cuda: fewer, bigger products (measured on an H200, README)
+    DEFAULT_BLOCKS = {**TorchFlatIndex.DEFAULT_BLOCKS, "cuda": (16384, 65536)}
+    PAIR_BLOCKS = {"cpu": 4096, "cuda": 65536}  # all_pairs_search's square blocks: rows (= columns) per block
+    # Columns of the product operands are padded with zeros to a multiple of this: on cuda, bf16
+    # rows that are not 16-byte aligned sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
+    COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
     SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
@@ -397,12 +406,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
         super().__init__(d, metric, device, query_block, database_block)
         self.spec = BF16_SPEC
         self.scored_d = d + (3 if metric == "l2" else 1)  # len(x')
+        self.scored_columns = _round_up(self.scored_d, self.COLUMN_ALIGNMENT[device.type])  # x' and zeros
         self.last_certified_fraction: float | None = None  # share of the last search's queries certified
         self.pair_block = self.PAIR_BLOCKS[device.type]
         self._clear_bf16()
 
     def _clear_bf16(self) -> None:
-        self._scored = torch.empty((0, self.scored_d), dtype=torch.bfloat16, device=self.device)
+        self._scored = torch.empty((0, self.scored_columns), dtype=torch.bfloat16, device=self.device)
         self._max_norm = self._max_residual = self._max_scored_norm = self._max_half_norm_error = 0.0
 
     def candidate_capacity(self, k: int) -> int:
@@ -421,7 +431,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def add(self, vectors: np.ndarray) -> None:
         start = self.ntotal
         super().add(vectors)
-        scored = torch.empty((self.ntotal, self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored = torch.zeros((self.ntotal, self.scored_columns), dtype=torch.bfloat16, device=self.device)
         scored[:start] = self._scored
         self._scored = scored
         for begin in range(start, self.ntotal, self.database_block):
@@ -461,8 +471,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         self._certified = 0
-        with _exact_bf16_reductions(self.device):
-            results = super()._search(queries, k)
+        results = super()._search(queries, k)
         self.last_certified_fraction = self._certified / len(queries)
         return results
 
@@ -503,10 +512,11 @@ class TorchFlatBf16Index(TorchFlatIndex):
             sample_scores -= self._half_norms[:self.OFFSET_SAMPLE]
         sample_kth = sample_scores.topk(min(k, len(sample)), dim=1).values[:, -1].double()
         offsets = torch.nan_to_num(sample_kth - 4 * (operands + slack), posinf=0.0, neginf=0.0)
-        scored = torch.ones((len(queries), self.scored_d), dtype=torch.bfloat16, device=self.device)
+        scored = torch.zeros((len(queries), self.scored_columns), dtype=torch.bfloat16, device=self.device)
         scored[:, :self.d] = rounded
         scored[:, self.d] = -offsets.to(torch.bfloat16)
-        n = self.scored_d
+        scored[:, self.d + 1:self.scored_d] = 1.0
+        n = self.scored_columns
         scored_norms = _norms64(scored)
         bound = (operands + _gamma(n) * scored_norms * self._max_scored_norm + (2 * n + 1) * 2.0 ** -126
                  ) * self.FLOAT64_SLACK
@@ -661,7 +671,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         if self.ntotal == 0:
             raise ValueError(f"cannot search index {self.spec!r}: no vectors have been added")
         k = check_k(k, self.ntotal)
-        with _exact_bf16_reductions(self.device):
+        with _exact_cuda_matmuls(self.device):
             buffer = self._pair_buffer()
             state = self._scan_pairs(k, buffer)
             self._certified = 0
@@ -696,7 +706,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         state = self._pair_state(k)
         side = self.pair_block
         n = self.ntotal
-        left = torch.empty((min(side, n), self.pair_d), dtype=torch.bfloat16, device=self.device)
+        left = torch.empty((min(side, n), self.pair_columns), dtype=torch.bfloat16, device=self.device)
         right = torch.empty_like(left)
         for i_start in range(0, n, side):
             i_end = min(i_start + side, n)
@@ -713,26 +723,33 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     @property
     def pair_d(self) -> int:
-        """Columns of the all-pairs operands: x' plus the two ones that pair with a row's own half norm (l2)."""
+        """Terms of an all-pairs score: x' plus the two ones that pair with a row's own half norm (l2)."""
         return self.scored_d + (2 if self.metric == "l2" else 0)
+
+    @property
+    def pair_columns(self) -> int:
+        """Columns of the all-pairs operands: pair_d and the zeros of COLUMN_ALIGNMENT."""
+        return _round_up(self.pair_d, self.COLUMN_ALIGNMENT[self.device.type])
 
     def _pair_operand(self, out: torch.Tensor, begin: int, end: int, offset: float, side: str) -> torch.Tensor:
         """Rows begin..end - 1 as left [bf16(x), -c0, 1, 1, -h1, -h2] or right [bf16(x), 1, -h1, -h2, 1, 1]
-        operands (ip: [bf16(x), -c0] and [bf16(x), 1]), so that left_i·right_j = bf16(x_i)·bf16(x_j) - c0 (- h_i - h_j)."""
+        operands (ip: [bf16(x), -c0] and [bf16(x), 1]), so that left_i·right_j = bf16(x_i)·bf16(x_j) - c0 (- h_i - h_j);
+        zeros pad both to pair_columns."""
         d = self.d
         scored = self._scored[begin:end]
         if self.metric == "ip" and side == "right":
-            return scored
+            return scored  # x' is [bf16(x), 1] and its zeros: pair_columns == scored_columns
         block = out[:end - begin]
+        block[:, self.pair_d:] = 0.0
         if side == "right":
-            block[:, :self.scored_d] = scored
-            block[:, self.scored_d:] = 1.0
+            block[:, :self.scored_d] = scored[:, :self.scored_d]
+            block[:, self.scored_d:self.pair_d] = 1.0
             return block
         block[:, :d] = scored[:, :d]
         block[:, d] = -offset
         if self.metric == "l2":
             block[:, d + 1:d + 3] = 1.0
-            block[:, d + 3:] = scored[:, d + 1:]
+            block[:, d + 3:self.pair_d] = scored[:, d + 1:self.scored_d]
         return block
 
     def _pair_state(self, k: int) -> _PairState:
@@ -746,7 +763,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
             residual_norms.append(_norms64(rounded.float() - vectors))
             vector_norms.append(_norms64(vectors))
             if self.metric == "l2":  # |h1| + |h2|
-                half_sums.append(self._scored[begin:begin + self.query_block, d + 1:].double().abs().sum(dim=1))
+                half_sums.append(self._scored[begin:begin + self.query_block, d + 1:self.scored_d].double().abs().sum(dim=1))
         rounded_norms, residual_norms = torch.cat(rounded_norms), torch.cat(residual_norms)
         operands = rounded_norms * self._max_residual + residual_norms * self._max_norm + 2 * self._max_half_norm_error
         magnitude = torch.cat(vector_norms) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
@@ -757,7 +774,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
         if self.metric == "l2":
             half_sums = torch.cat(half_sums)
             sums += half_sums + float(half_sums.max())
-        bound = (operands + _gamma(self.pair_d) * sums + (2 * self.pair_d + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
+        terms = self.pair_columns
+        bound = (operands + _gamma(terms) * sums + (2 * terms + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
         # a finite bound also needs float32 sums that cannot overflow
         bound[~torch.isfinite(bound) | (sums > 2.0 ** 100)] = math.inf
         capacity = self.candidate_capacity(k)
@@ -856,6 +874,10 @@ class TorchFlatBf16Index(TorchFlatIndex):
         scores[scores < theta.float()[:, None]] = -math.inf
         return scores, ids
 
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
 def _chunk_maxima(scores: torch.Tensor, chunk: int) -> torch.Tensor:
     """(rows, width // chunk) max of each `chunk` columns of scores (the last partial chunk left out).
 
@@ -886,17 +908,21 @@ def _gamma(n: int) -> float:
 
 
 @contextmanager
-def _exact_bf16_reductions(device: torch.device) -> Iterator[None]:
-    """On cuda, forbid cuBLAS's reduced-precision (bf16) split-K reductions while the block runs."""
+def _exact_cuda_matmuls(device: torch.device) -> Iterator[None]:
+    """On cuda, compute float32 products in float32 (no TF32, whatever the caller set) and forbid
+    cuBLAS's reduced-precision (bf16) split-K reductions while the search runs; restore both after."""
     if device.type != "cuda":
         yield
         return
-    allowed = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    matmul = torch.backends.cuda.matmul
+    # fp32_precision is read and written through the same (torch >= 2.9) API: mixing it with the
+    # legacy allow_tf32 makes torch refuse later reads of either
+    float32_precision, bf16_reduction = matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction
+    matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction = "ieee", False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = allowed
+        matmul.fp32_precision, matmul.allow_bf16_reduced_precision_reduction = float32_precision, bf16_reduction
 
 
 def create_index(spec: str, d: int, metric: str = "l2", device: str = "cpu", sharded: bool = False) -> Index:

@@ -150,7 +150,7 @@ def bf16_search_model_bytes(index, nq: int, k: int) -> int:
     """
     rows, columns = index.score_buffer_shape(nq)
     capacity = index.candidate_capacity(k)
-    queries = 2 * rows * (index.scored_d + index.d) + 16 * 1024 * index.d
+    queries = 2 * rows * (index.scored_columns + index.d) + 16 * 1024 * index.d
     candidates = 4 * 12 * rows * (2 * capacity + 1 + index.CHUNK)
     return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates
             + bf16_selection_bytes(rows, columns, capacity, index.CHUNK) + bf16_rerank_bytes(index, rows, k)
@@ -200,7 +200,7 @@ def all_pairs_model_bytes(index, k: int) -> int:
     Then the largest of three phases, which are not alive together:
     - bounds: 12 float64 a row while E, 2F and c0 are computed, per pass of rows the float32
       residual and float64 norm passes (8·rows·d + 8·1024·d), and the sampled scores for c0;
-    - scan: the two bf16 operand blocks (4·side·pair_d); a row's first θ (bf16 maxima over
+    - scan: the two bf16 operand blocks (4·side·pair_columns); a row's first θ (bf16 maxima over
       SEED_CHUNK columns, twice if topk copies them, and their top-k; or, where a block has
       fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
       selection of one side x side block (`bf16_selection_bytes`) and the append that follows:
@@ -228,7 +228,7 @@ def all_pairs_model_bytes(index, k: int) -> int:
     survivors = side * (capacity + chunk)
     compaction = side * (12 * (capacity + chunk) + 12 * capacity + 34 * (2 * capacity + chunk) + 64)
     append = 113 * survivors + compaction
-    scan = 4 * side * index.pair_d + seed + max(bf16_selection_bytes(side, side, capacity, chunk), append)
+    scan = 4 * side * index.pair_columns + seed + max(bf16_selection_bytes(side, side, capacity, chunk), append)
     columns = min(index.database_block, n)
     fall_back_rows = min(rows, index.pair_buffer_bytes() // 4 // columns)
     database_blocks = -(-n // columns)
