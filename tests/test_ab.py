@@ -401,9 +401,12 @@ def test_ab_refuses_two_commits_that_import_the_same_files(project, tmp_path):
 def test_ctrl_c_ends_both_workers_and_removes_nothing(project):
     repository = Path(project["repository"])
     before = sorted(path for path in repository.rglob("*") if ".git" not in path.parts)
+    # A shell ignores SIGINT in the jobs it starts in the background, and python keeps it ignored:
+    # give the controller a terminal's default, as a user's Ctrl-C finds it.
     controller = subprocess.Popen([sys.executable, "-m", "embedsearch.cli", "ab", project["base"], "--pairs", "40",
                                    "--max-pairs", "40", "--", "--perf-tier=smoke", "--no-perf-memory"],
-                                  cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     for line in controller.stdout:  # wait until both workers are timing
         if line.startswith("[1/") or time.monotonic() > deadline:
