@@ -238,16 +238,61 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
     assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 5
 
 
-def test_suspects_are_the_benchmarks_beyond_the_minimum_effect_either_way():
-    from embedsearch.ab import PairedBenchmark, Session, suspect_names
+def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either_way():
+    from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, Session, suspect_directions
 
     def paired(name: str, ratio: float) -> PairedBenchmark:
         return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
             {"first": first, "base": [1e-3], "head": [ratio * 1e-3]} for _ in range(5) for first in ("base", "head")])
 
-    ratios = {"slower": 1.06, "faster": 1 / 1.06, "inside": 1.04, "inside_faster": 1 / 1.04}
+    limit = 1 + SUSPECT_SHARE * 0.05
+    ratios = {"slower": limit * 1.001, "faster": 1 / (limit * 1.001), "inside": limit / 1.001,
+              "inside_faster": 1.001 / limit}
     session = Session([paired(name, ratio) for name, ratio in ratios.items()], [], [], {}, 1e-3)
-    assert suspect_names(session, 0.05) == ["slower", "faster"]
+    assert suspect_directions(session, 0.05) == {"slower": True, "faster": False}
+
+
+def spread_passes(ratio: float, spread: float, count: int) -> list[PairedEstimate]:
+    """Pass estimates alternating ratio x (1 + spread) and ratio / (1 + spread)."""
+    return [PairedEstimate(4, ratio * (1 + spread) ** (-1) ** i, 0.0, math.inf) for i in range(count)]
+
+
+def test_confirmed_is_bonferroni_over_the_first_look_and_all_passes_with_the_chosen_looks_estimate():
+    from embedsearch.ab import CONFIRMATIONS, LOOKS, confirmed
+    from embedsearch.stats import across_passes
+
+    first_look = spread_passes(1.10, 0.15, CONFIRMATIONS)
+    found, p_value = confirmed(first_look, first_look, True)
+    assert p_value == pytest.approx(LOOKS * across_passes(first_look, 0.05)[1])
+    assert found.ratio == pytest.approx(1.10)
+    everything = first_look + spread_passes(1.20, 0.05, 12)  # a tighter second look wins, with its estimate
+    found, p_value = confirmed(first_look, everything, True)
+    assert p_value == pytest.approx(LOOKS * across_passes(everything, 0.05)[1]) and p_value < 0.001
+    assert found.ratio == pytest.approx(across_passes(everything, 0.05)[0].ratio) and found.ratio > 1.10
+    tight_first = spread_passes(1.10, 0.01, CONFIRMATIONS)  # a tight first look, a wide second: the first wins
+    found, p_value = confirmed(tight_first, tight_first + spread_passes(1.0, 0.3, 12), True)
+    assert p_value == pytest.approx(LOOKS * across_passes(tight_first, 0.05)[1])
+    assert found.ratio == pytest.approx(1.10)
+    assert confirmed(first_look, everything, False)[1] == 1.0  # "faster": the other tail, capped at 1
+
+
+def test_undecided_suspects_are_those_still_leaning_without_a_clear_verdict():
+    from embedsearch.ab import CONFIRMATIONS, undecided
+
+    estimates = {"wide": spread_passes(1.10, 0.15, CONFIRMATIONS),  # leans slower, not significant: more passes
+                 "clear": spread_passes(1.20, 0.01, CONFIRMATIONS),  # significant beyond 5%: decided
+                 "small": spread_passes(1.01, 0.15, CONFIRMATIONS),  # leans below 2.5%: decided "same"
+                 "wide_faster": spread_passes(1 / 1.10, 0.15, CONFIRMATIONS),
+                 "clear_below": spread_passes(1.04, 0.001, CONFIRMATIONS)}  # significant: decided (unsure)
+    directions = {"wide": True, "clear": True, "small": True, "wide_faster": False, "clear_below": True}
+    assert undecided(estimates, directions, 0.05) == ["wide", "wide_faster"]
+    # significant at alpha but not at alpha / 4 (four slower suspects): undecided; one pass: left out
+    from embedsearch.ab import LOOKS, confirmed
+    between = spread_passes(1.06, 0.04, CONFIRMATIONS)
+    assert 0.05 / 4 < confirmed(between, between, True)[1] < 0.05
+    estimates = {"between": between, "clear": estimates["clear"], "one_pass": estimates["clear"][:1]}
+    directions = {"between": True, "clear": True, "one_pass": True, "other": True}
+    assert undecided(estimates, directions, 0.05) == ["between"]
 
 
 @pytest.mark.parametrize("seconds, pairs", [(1e-3, 10), (0.3, 6), (0.75, 4)])
@@ -333,10 +378,11 @@ def test_ab_catches_a_slower_search_and_passes_unchanged_code(project, tmp_path)
 
     pairs = json.loads(record.read_text())["benchmarks"][0]["pairs"]
     assert len(pairs) >= 6 and {"first", "base", "head"} <= set(pairs[0])
-    from embedsearch.ab import CONFIRMATION_PAIRS, CONFIRMATIONS
+    from embedsearch.ab import CONFIRMATION_PAIRS, CONFIRMATIONS, MORE_CONFIRMATIONS
     confirmations = json.loads(record.read_text())["confirmations"]  # the suspect, in children of the templates
     flat = "perf/bench_brute_force.py::test_brute_force[Flat-n5000-d64-ip-embedding-k10-nq200-cpu]"
-    assert [[b["name"] for b in passed] for passed in confirmations] == [[flat]] * CONFIRMATIONS
+    assert len(confirmations) in (CONFIRMATIONS, CONFIRMATIONS + MORE_CONFIRMATIONS)
+    assert [[b["name"] for b in passed] for passed in confirmations] == [[flat]] * len(confirmations)
     assert all(len(passed[0]["pairs"]) == CONFIRMATION_PAIRS for passed in confirmations)
     saved = sorted(Path(project["repository"], ".benchmarks").rglob("*_ab-*.json"))
     assert [path.name.split("_", 1)[1][:7] for path in saved] == ["ab-base", "ab-head"]
@@ -419,3 +465,29 @@ def test_ctrl_c_ends_both_workers_and_removes_nothing(project):
     after = sorted(path for path in repository.rglob("*") if ".git" not in path.parts)
     assert set(before) <= set(after)  # nothing the user had is gone
     assert (repository / ".git" / "embedsearch-ab" / project["base"]).is_dir()  # the cached worktree stays
+
+
+def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, monkeypatch):
+    from embedsearch import ab as ab_module
+
+    flat = "perf/bench_brute_force.py::test_brute_force[Flat-n5000-d64-ip-embedding-k10-nq200-cpu]"
+    torch_flat = "perf/bench_brute_force.py::test_brute_force[TorchFlat-n5000-d64-ip-embedding-k10-nq200-cpu]"
+    monkeypatch.setattr(ab_module, "MORE_CONFIRMATIONS", 2)
+    seen = []
+
+    def undecided(estimates, suspects, min_effect):
+        seen.append(sorted((name, len(found)) for name, found in estimates.items()))
+        return [flat]
+
+    monkeypatch.setattr(ab_module, "undecided", undecided)
+    root = Path(project["repository"])
+    base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
+    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "-k", "test_brute_force and not bf16"]
+    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), {flat: True, torch_flat: True},
+                                         0.05, {}, lambda *line, **options: None)
+    assert seen == [[(flat, ab_module.CONFIRMATIONS), (torch_flat, ab_module.CONFIRMATIONS)]]
+    assert [sorted(b.name for b in passed) for passed in passes] == [[flat, torch_flat]] * ab_module.CONFIRMATIONS + [[flat]] * 2
+    monkeypatch.setattr(ab_module, "undecided", lambda estimates, suspects, min_effect: [])  # none: no second look
+    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), {flat: True}, 0.05, {},
+                                         lambda *line, **options: None)
+    assert [[b.name for b in passed] for passed in passes] == [[flat]] * ab_module.CONFIRMATIONS

@@ -67,8 +67,9 @@ def slowed_names(result: ABResult) -> list[str]:
 def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
     """Benchmarks the same passes would call slower at another minimum effect.
 
-    Approximate: the suspects were chosen at the gate's own minimum effect, so at a smaller one a
-    benchmark the gate did not suspect has no confirmation pass and cannot be found slower.
+    Approximate: the suspects, and those given a second look, were chosen at the gate's own minimum
+    effect, so at a smaller one a benchmark the gate did not suspect has no confirmation pass and
+    cannot be found slower.
     """
     comparisons = time_comparisons(result.benchmarks, result.settings["alpha_per_look"], result.confirmations,
                                    min_effect, {})

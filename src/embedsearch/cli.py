@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .ab import CONFIRMATIONS, MAX_PAIRS, MIN_EFFECT, PAIRS, markdown_summary, run_ab, write_record
+from .ab import CONFIRMATIONS, MAX_PAIRS, MIN_EFFECT, MORE_CONFIRMATIONS, PAIRS, markdown_summary, run_ab, write_record
 from .compare import format_report
 from .gate import MIN_EFFECT as STORED_MIN_EFFECT
 from .gate import checkout_root, gate, rerun_suite
@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
         usage="embedsearch ab BASE [HEAD] [options] [-- PYTEST_ARGS]",
         description="Each side runs in its own git worktree (HEAD omitted: the working tree as it is) in a "
                     "long-lived pytest worker; the timed rounds alternate between the sides in random order and "
-                    "a benchmark whose first-pass ratio passes the minimum effect either way is timed again by "
-                    f"{CONFIRMATIONS} passes of forked workers that set up afresh and judged on those (t over the passes, "
+                    "a benchmark whose first-pass ratio passes half the minimum effect either way is timed again by "
+                    f"{CONFIRMATIONS} passes of forked workers that set up afresh, {MORE_CONFIRMATIONS} more where those "
+                    "leave it undecided, and judged on those (t over the passes, Bonferroni over the two looks, "
                     "Benjamini-Hochberg at 5% per direction): the first pass alone never says slower or faster. Peak memory, "
                     "index bytes, recall, accuracy and scaling exponents use the stored-baseline gate's tolerances. "
                     "PYTEST_ARGS select and size the benchmarks as for pytest --benchmark (-k, --perf-tier, ...). "
