@@ -472,6 +472,7 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
 
     flat = "perf/bench_brute_force.py::test_brute_force[Flat-n5000-d64-ip-embedding-k10-nq200-cpu]"
     torch_flat = "perf/bench_brute_force.py::test_brute_force[TorchFlat-n5000-d64-ip-embedding-k10-nq200-cpu]"
+    monkeypatch.setattr(ab_module, "CONFIRMATIONS", 2)  # each pass starts two templates: keep the test short
     monkeypatch.setattr(ab_module, "MORE_CONFIRMATIONS", 2)
     seen = []
 

@@ -26,9 +26,10 @@ benchmarking, Chromium Pinpoint):
    (README: "process offsets"). The offset comes with a set-up's memory: a set-up over memory
    never used before draws a new one, a set-up over freed memory keeps the old one
    (tools/probe_offsets.py). So a benchmark whose first-pass ratio passes 1 + SUSPECT_SHARE x
-   min_effect (a suspect) is timed again in CONFIRMATIONS passes, each by children that template workers of
-   both sides fork after collecting, which set everything up afresh with their own random
-   layout padding, and judged on those passes alone (`stats.across_passes`: a t-test over the
+   min_effect (a suspect) is timed again in CONFIRMATIONS passes, each by a child that a new
+   template worker per side forks after collecting, which sets everything up afresh with its own
+   random layout padding (children of one template share its heap: a template serves one pass),
+   and judged on those passes alone (`stats.across_passes`: a t-test over the
    passes' estimates, which carries each benchmark's own set-up-to-set-up spread). Suspects the
    first look leaves `undecided` get MORE_CONFIRMATIONS passes and a second look; `confirmed`
    takes Bonferroni over the looks. The first pass only selects:
@@ -531,35 +532,37 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
 def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: dict[str, bool],
                       min_effect: float, head_environment: dict[str, str], log) -> list[list[PairedBenchmark]]:
     """CONFIRMATIONS passes over the suspects (name: leans slower), then MORE_CONFIRMATIONS over those
-    still `undecided`, each pass by forked children of one template worker per side.
+    still `undecided`, each pass by new template workers, one per side, that collect and fork one
+    child, which sets everything up afresh with its own layout padding and runs the pass.
 
-    A child sets everything up afresh, with its own layout padding, so each pass draws new offsets
-    (module docstring, step 3) without a process start and a collection per pass."""
+    The templates are new for every pass: children of one template share its heap, and at 0fbaeaa,
+    where one template pair served every pass, an A/A run confirmed `test_search[IVF64,Flat…nprobe4]`
+    1.053 times slower over 18 passes, its last 12 within 0.95-1.08: that pair's offset, not noise
+    that more passes average away (module docstring, step 3)."""
     passes = []
-    with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment, template=True) as workers:
-        plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=list(suspects))
-        for number in range(1, CONFIRMATIONS + MORE_CONFIRMATIONS + 1):
-            if number == CONFIRMATIONS + 1:
-                again = set(undecided(pass_estimates(passes), suspects, min_effect))
-                plan = [nodeid for nodeid in plan if nodeid in again]  # the template's order
-                log(f"second look: {len(plan)} undecided suspect(s) get {MORE_CONFIRMATIONS} more passes"
-                    + "".join(f"\n  {nodeid}" for nodeid in plan))
-                if not plan:
-                    break
-            look = "first look" if number <= CONFIRMATIONS else "second look"
-            log(f"confirmation {number} ({look}): {len(plan)} suspect(s), forked workers")
-            if number > 1:
-                for worker in workers.values():
-                    worker.send_plan(plan)
+    plan = list(suspects)
+    for number in range(1, CONFIRMATIONS + MORE_CONFIRMATIONS + 1):
+        if number == CONFIRMATIONS + 1:
+            again = set(undecided(pass_estimates(passes), suspects, min_effect))
+            plan = [nodeid for nodeid in plan if nodeid in again]
+            log(f"second look: {len(plan)} undecided suspect(s) get {MORE_CONFIRMATIONS} more passes"
+                + "".join(f"\n  {nodeid}" for nodeid in plan))
+            if not plan:
+                break
+        look = "first look" if number <= CONFIRMATIONS else "second look"
+        log(f"confirmation {number} ({look}): {len(plan)} suspect(s), new forked workers")
+        with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment,
+                             template=True) as workers:
+            plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=plan)  # in collection order
             passes.append(pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log))
             for worker in workers.values():
                 _, status = worker.receive(end_of_pass=True)
                 if status != 0:
                     raise ABError(f"the {worker.side.role} worker's child for confirmation {number} exited with "
                                   f"{status}:\n" + worker.log_tail())
-        for worker in workers.values():
-            worker.send("stop")
-            worker.process.wait()
+                worker.send("stop")
+            for worker in workers.values():
+                worker.process.wait()
     return passes
 
 
