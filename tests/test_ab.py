@@ -287,7 +287,7 @@ def test_undecided_suspects_are_those_still_leaning_without_a_clear_verdict():
     directions = {"wide": True, "clear": True, "small": True, "wide_faster": False, "clear_below": True}
     assert undecided(estimates, directions, 0.05) == ["wide", "wide_faster"]
     # significant at alpha but not at alpha / 4 (four slower suspects): undecided; one pass: left out
-    from embedsearch.ab import LOOKS, confirmed
+    from embedsearch.ab import confirmed
     between = spread_passes(1.06, 0.04, CONFIRMATIONS)
     assert 0.05 / 4 < confirmed(between, between, True)[1] < 0.05
     estimates = {"between": between, "clear": estimates["clear"], "one_pass": estimates["clear"][:1]}

@@ -84,10 +84,9 @@ PAIRS = 10  # pairs at the first look; with max_pairs above it, leaning benchmar
 MAX_PAIRS = PAIRS
 MIN_PAIRS = 4  # two blocks: each order twice, the least that gives a standard error
 BENCHMARK_SECONDS = 8.0  # a slow benchmark gets fewer pairs, down to MIN_PAIRS, to stay near this per pass
-# Passes of forked workers that time the first pass's suspects again: 5 degrees of freedom. A pass
-# costs its suspects' set-ups and pairs only (no process start), and the offset, not the pairs,
-# limits a pass: 6 passes of 4 pairs cost about what 4 of 6 did, and their t has 5 degrees of
-# freedom instead of 3 (one-sided 5%: 2.015 instead of 2.353).
+# Passes of forked workers that time the first pass's suspects again: 5 degrees of freedom. The
+# offset, not the pairs, limits a pass: 6 passes of 4 pairs give a t with 5 degrees of freedom
+# instead of 3 for 4 passes of 6 (one-sided 5%: 2.015 instead of 2.353).
 CONFIRMATIONS = 6
 CONFIRMATION_PAIRS = MIN_PAIRS
 # Suspects the first look across passes leaves undecided (`undecided`) get this many more passes.
@@ -615,8 +614,8 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     """Run both revisions' suites in lockstep and judge every benchmark they share.
 
     A benchmark whose first-pass ratio passes 1 + SUSPECT_SHARE x min_effect is timed again in
-    CONFIRMATIONS passes (MORE_CONFIRMATIONS more where `undecided`), each by forked workers of both sides that set up afresh (CONFIRMATION_PAIRS pairs
-    each), and judged on those passes: a set-up's memory placement can make it differ by several
+    CONFIRMATIONS passes (MORE_CONFIRMATIONS more where `undecided`), each by forked workers of
+    both sides that set up afresh (CONFIRMATION_PAIRS pairs each), and judged on those passes: a set-up's memory placement can make it differ by several
     percent for its whole life, which no number of pairs between the same two set-ups reveals.
     `head_environment` is added to the head workers' environment only (tools/measure_gate.py
     plants a slowdown with it). Both sides' first-pass runs are saved as ordinary
