@@ -1,4 +1,5 @@
 import re
+from unittest import mock
 
 import faiss
 import numpy as np
@@ -513,11 +514,13 @@ def bf16_index_with_blocks(database, metric, pair_block, chunk=64, seed_chunk=8,
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=all_pairs_problems())
-def test_bf16_all_pairs_equals_reference_on_near_ties(problem):
+@given(problem=all_pairs_problems(), alignment=st.sampled_from([1, 8]))
+def test_bf16_all_pairs_equals_reference_on_near_ties(problem, alignment):
+    """alignment 8: cuda's zero-padded columns and score rows laid out at multiples of 8."""
     database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
-    index = bf16_index_with_blocks(database, metric, pair_block, chunk, seed_chunk, refresh)
-    distances, ids = index.all_pairs_search(k)
+    with mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}):
+        index = bf16_index_with_blocks(database, metric, pair_block, chunk, seed_chunk, refresh)
+        distances, ids = index.all_pairs_search(k)
     assert_exact_search(database, database, k, metric, distances, ids)
     assert 0.0 <= index.last_certified_fraction <= 1.0
 
@@ -651,7 +654,8 @@ def test_cuda_search_stays_exact_when_the_caller_turned_tf32_on(spec):
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_bf16_zero_padded_columns_keep_search_and_all_pairs_exact(metric, monkeypatch):
-    """cuda pads x' and q' with zeros to 8 columns: the same here, on near-ties, with the fall-back."""
+    """cuda pads x' and q' with zeros to 8 columns and lays all pairs' score rows out at a multiple of 8
+    (here the last block, 114 columns wide, in rows of 120): the same here, on near-ties, with the fall-back."""
     monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", 8)
     rng = np.random.default_rng(6)
     other = rng.standard_normal((1500, 37)).astype(np.float32)  # len(x') 38 (ip) or 40 (l2): padded to 40

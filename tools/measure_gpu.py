@@ -2,6 +2,13 @@
 
     python tools/measure_gpu.py [--device cuda] [--n 1281167] [--queries 10000] [--slice 20000] [--budget 300]
                                 [--bf16-blocks Q,D ...] [--pair-blocks ROWS ...] [--profile]
+                                [--torch-maxima] [--kernel-configs CHUNKS,WARPS ...]
+
+0. With --torch-maxima or --kernel-configs: one all-pairs block (pair_block² scores of 392-column
+   bf16 operands): torch.mm alone, then followed by torch's int16 chunk maxima both ways
+   (`_chunk_maxima`, two passes), then by the Triton kernel (`chunk_maxima_both_ways`, one pass)
+   with each --kernel-configs CHUNKS_PER_PROGRAM,NUM_WARPS; median of 5 interleaved rounds, and
+   whether the kernel's maxima equal torch's.
 
 Data: the `embedding` synthetic preset, d = 384, 1000 classes, ip (the study's ImageNet shape:
 1281167 stored vectors). Each step prints as it ends; a step whose predicted time would pass
@@ -19,21 +26,26 @@ Data: the `embedding` synthetic preset, d = 384, 1000 classes, ip (the study's I
    while the time predicted from the last size (times the size ratio squared) fits the budget. Float32, TF32 and bf16 search of the first --slice
    stored vectors as queries over all n, k + 1, scaled by n / slice: what leave-one-out by batch
    search would take. All pairs' first --slice rows are checked against float32's as in 1.
-Peak GPU memory (torch's allocator) is printed per step. --profile then runs all pairs at n/8
+With --torch-maxima, every bf16 step also runs with torch's maxima passes instead of the kernel
+(batch search: in the same interleaved rounds; all pairs: after the default's sizes). Peak GPU memory (torch's allocator) is printed per step, and for
+all pairs the index's bytes and `all_pairs_model_bytes`. --profile then runs all pairs at n/8
 with the first --pair-blocks under torch.profiler and prints the operators that took most CUDA
 and most CPU time.
 """
 import argparse
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from unittest import mock
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from embedsearch import chunk_maxima
 from embedsearch.data import synthetic_embeddings
-from embedsearch.index import TORCH_SPEC, TorchFlatIndex, build_index
+from embedsearch.index import TORCH_SPEC, TorchFlatIndex, _chunk_maxima, build_index
+from embedsearch.memory import all_pairs_model_bytes
 
 K_SEARCH = 10
 K_LOO = 20
@@ -64,6 +76,68 @@ def tf32_search(index: TorchFlatIndex, queries: np.ndarray, k: int) -> tuple[np.
             scores.append(block_scores)
             ids.append(block_ids)
     return torch.cat(scores).cpu().numpy(), torch.cat(ids).cpu().numpy()
+
+
+def torch_maxima():
+    """TorchFlat.bf16 without the Triton maxima kernel: torch's reductions take the chunk maxima."""
+    return mock.patch("embedsearch.index.maxima_kernel_available", return_value=False)
+
+
+def config_argument(text: str) -> tuple[int, int]:
+    chunks, warps = (int(part) for part in text.split(","))
+    return chunks, warps
+
+
+@contextmanager
+def kernel_config(config: tuple[int, int]):
+    saved = chunk_maxima.CHUNKS_PER_PROGRAM, chunk_maxima.NUM_WARPS
+    chunk_maxima.CHUNKS_PER_PROGRAM, chunk_maxima.NUM_WARPS = config
+    try:
+        yield
+    finally:
+        chunk_maxima.CHUNKS_PER_PROGRAM, chunk_maxima.NUM_WARPS = saved
+
+
+def block_maxima(args: argparse.Namespace) -> None:
+    side, columns, chunk = 65536, 392, 64
+    generator = torch.Generator(args.device).manual_seed(0)
+    left = torch.randn((side, columns), device=args.device, generator=generator).bfloat16()
+    right = torch.randn((side, columns), device=args.device, generator=generator).bfloat16()
+    out = torch.empty((side, side), dtype=torch.bfloat16, device=args.device)
+
+    def with_torch_maxima():
+        torch.mm(left, right.T, out=out)
+        bits = out.view(torch.int16)
+        return _chunk_maxima(bits, chunk), _chunk_maxima(bits.T, chunk)
+
+    backends = {"torch.mm": lambda: torch.mm(left, right.T, out=out), "torch.mm + torch maxima": with_torch_maxima}
+    for config in args.kernel_configs or [(chunk_maxima.CHUNKS_PER_PROGRAM, chunk_maxima.NUM_WARPS)]:
+        def with_kernel(config=config):
+            torch.mm(left, right.T, out=out)
+            with kernel_config(config):
+                return chunk_maxima.chunk_maxima_both_ways(out, chunk, True)
+        backends[f"torch.mm + kernel {config[0]} chunks, {config[1]} warps"] = with_kernel
+    for name, run in backends.items():  # warm-up (Triton compiles here)
+        run()
+    torch.mm(left, right.T, out=out)
+    reference = _chunk_maxima(out, chunk), _chunk_maxima(out.T, chunk)
+    for config in args.kernel_configs or [(chunk_maxima.CHUNKS_PER_PROGRAM, chunk_maxima.NUM_WARPS)]:
+        with kernel_config(config):
+            row_maxima, column_maxima = chunk_maxima.chunk_maxima_both_ways(out, chunk, True)
+        print(f"  kernel {config}: maxima equal to torch's: "
+              f"{torch.equal(row_maxima, reference[0]) and torch.equal(column_maxima, reference[1])}", flush=True)
+    seconds = {name: [] for name in backends}
+    for _ in range(5):
+        for name, run in backends.items():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            run()
+            torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+    print(f"\n0. one all-pairs block {side}² x {columns} columns, bf16, median of 5 interleaved rounds:")
+    for name, times in seconds.items():
+        print(f"  {name}: {statistics.median(times) * 1e3:.2f} ms", flush=True)
+    del left, right, out
 
 
 def timed(function):
@@ -104,12 +178,17 @@ def with_blocks(index: TorchFlatIndex, blocks: tuple[int, int] | None) -> TorchF
 
 
 def batch_search(float32: TorchFlatIndex, bf16: TorchFlatIndex, vectors: torch.Tensor, queries: np.ndarray,
-                 bf16_blocks: list[tuple[int, int] | None]) -> None:
+                 args: argparse.Namespace) -> None:
     backends = {"float32": lambda: float32.search(queries, K_SEARCH),
                 "TF32": lambda: tf32_search(float32, queries, K_SEARCH)}
-    for blocks in bf16_blocks:
+    for blocks in args.bf16_blocks:
         name = "bf16" if blocks is None else f"bf16 {blocks[0]}x{blocks[1]}"
         backends[name] = lambda blocks=blocks: with_blocks(bf16, blocks).search(queries, K_SEARCH)
+        if args.torch_maxima:
+            def search_torch_maxima(blocks=blocks):
+                with torch_maxima():
+                    return with_blocks(bf16, blocks).search(queries, K_SEARCH)
+            backends[f"{name} torch maxima"] = search_torch_maxima
     for search in backends.values():  # warm-up: cuBLAS handles, kernels
         search()
     seconds = {name: [] for name in backends}
@@ -137,8 +216,8 @@ def batch_search(float32: TorchFlatIndex, bf16: TorchFlatIndex, vectors: torch.T
           f"{np.abs(tf32_distances - float32_distances).max():.2e}", flush=True)
 
 
-def all_pairs(stored: np.ndarray, args: argparse.Namespace, pair_block: int | None, deadline: float
-              ) -> np.ndarray | None:
+def all_pairs(stored: np.ndarray, args: argparse.Namespace, pair_block: int | None, deadline: float,
+              kernel: bool) -> np.ndarray | None:
     """Time all pairs at n/8 .. n while the prediction fits; the ids at n, or None if n was skipped."""
     n = len(stored)
     last = None
@@ -155,8 +234,9 @@ def all_pairs(stored: np.ndarray, args: argparse.Namespace, pair_block: int | No
             index.all_pairs_search(K_LOO + 1)
         elapsed, (_, pair_ids) = timed(lambda: index.all_pairs_search(K_LOO + 1))
         last = (size, elapsed)
-        print(f"  all pairs n={size}, pair_block {index.pair_block}: {elapsed:.2f} s, certified fraction "
-              f"{index.last_certified_fraction:.6f}{peak_gib()}", flush=True)
+        print(f"  all pairs n={size}, pair_block {index.pair_block}{'' if kernel else ', torch maxima'}: {elapsed:.2f} s, certified fraction "
+              f"{index.last_certified_fraction:.6f}{peak_gib()} (index {index.nbytes() / 2**30:.2f} GiB + model bound "
+              f"{all_pairs_model_bytes(index, K_LOO + 1) / 2**30:.2f} GiB)", flush=True)
         del index
     return pair_ids
 
@@ -164,7 +244,11 @@ def all_pairs(stored: np.ndarray, args: argparse.Namespace, pair_block: int | No
 def leave_one_out(stored: np.ndarray, args: argparse.Namespace, deadline: float) -> None:
     n = len(stored)
     print(f"\n2. leave-one-out, d={stored.shape[1]}, k={K_LOO} (all pairs with k + 1), ip:", flush=True)
-    ids_at_n = {pair_block: all_pairs(stored, args, pair_block, deadline) for pair_block in args.pair_blocks}
+    ids_at_n = {}
+    for pair_block in args.pair_blocks:
+        for kernel in (True, False) if args.torch_maxima else (True,):
+            with nullcontext() if kernel else torch_maxima():
+                ids_at_n[pair_block, kernel] = all_pairs(stored, args, pair_block, deadline, kernel)
     slice_queries = stored[:args.slice]
     float32 = build_index(TORCH_SPEC, stored, "ip", device=args.device)
     bf16 = build_index("TorchFlat.bf16", stored, "ip", device=args.device)
@@ -176,9 +260,9 @@ def leave_one_out(stored: np.ndarray, args: argparse.Namespace, deadline: float)
           f"{float32_seconds * scale:.1f} s, TF32 {tf32_seconds * scale:.1f} s, bf16 {bf16_seconds * scale:.1f} s"
           f"{peak_gib()}")
     vectors = torch.from_numpy(stored).to(args.device)
-    for pair_block, pair_ids in ids_at_n.items():
+    for (pair_block, kernel), pair_ids in ids_at_n.items():
         if pair_ids is not None:
-            print(f"  all pairs n={n}, pair_block {pair_block or 'default'}, exactness of the first {args.slice} "
+            print(f"  all pairs n={n}, pair_block {pair_block or 'default'}{'' if kernel else ', torch maxima'}, exactness of the first {args.slice} "
                   f"rows against float32 search: "
                   f"{differing_rows(vectors, vectors[:args.slice], pair_ids[:args.slice], float32_ids)}", flush=True)
     if args.profile:
@@ -217,6 +301,10 @@ def main() -> None:
                         help="TorchFlat.bf16 query_block,database_block pairs for the batch search")
     parser.add_argument("--pair-blocks", nargs="+", type=int, default=[None], help="all pairs' block rows")
     parser.add_argument("--profile", action="store_true", help="profile all pairs at n/8")
+    parser.add_argument("--torch-maxima", action="store_true",
+                        help="also run every bf16 step with torch's maxima instead of the Triton kernel; time one block")
+    parser.add_argument("--kernel-configs", nargs="+", type=config_argument,
+                        help="maxima kernel configurations CHUNKS_PER_PROGRAM,NUM_WARPS timed on one block")
     args = parser.parse_args()
     if not 0 < args.slice <= args.n // 8:
         parser.error(f"--slice={args.slice}: expected 1 to n/8 = {args.n // 8}")
@@ -224,6 +312,8 @@ def main() -> None:
     deadline = start + args.budget
     if torch.cuda.is_available():
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    if args.torch_maxima or args.kernel_configs:
+        block_maxima(args)
     split = synthetic_embeddings("embedding", args.n, args.queries, 384, 1000, seed=0)
     print(f"data: {time.perf_counter() - start:.1f} s", flush=True)
     build_seconds, float32 = timed(lambda: build_index(TORCH_SPEC, split.train_vectors, "ip", device=args.device))
@@ -231,7 +321,7 @@ def main() -> None:
     print(f"build: TorchFlat {build_seconds:.2f} s, TorchFlat.bf16 {bf16_build_seconds:.2f} s, "
           f"nbytes {float32.nbytes() / 1e9:.2f} GB and {bf16.nbytes() / 1e9:.2f} GB", flush=True)
     vectors = torch.from_numpy(split.train_vectors).to(args.device)
-    batch_search(float32, bf16, vectors, split.val_vectors, args.bf16_blocks)
+    batch_search(float32, bf16, vectors, split.val_vectors, args)
     del float32, bf16, vectors
     leave_one_out(split.train_vectors, args, deadline)
     print(f"\ntotal {time.perf_counter() - start:.1f} s")

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import torch
 
+from .chunk_maxima import chunk_maxima_both_ways, maxima_kernel_available
 from .device import resolve_device, synchronize
 from .validation import as_vectors, check_choice, check_k
 
@@ -334,8 +335,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
     2. accumulation: products of bf16 numbers are exact in float32; n = len(x') float32 additions
        (n also counts the zeros that pad x' to COLUMN_ALIGNMENT: a bound for more terms holds)
        in any order (blocked, fused or not) err by at most γn·Σ|q'i x'i| <= γn·|q'|·M',
-       γn = n·2^-24 / (1 - n·2^-24), M' = max |x'| (Higham, Accuracy and Stability of Numerical
-       Algorithms, §3.1), plus (2n + 1)·2^-126 for results flushed to zero on underflow;
+       γn = n·u / (1 - n·u), M' = max |x'| (Higham, Accuracy and Stability of Numerical
+       Algorithms, §3.1), plus (2n + 1)·2^-126 for results flushed to zero on underflow.
+       u (ACCUMULATION_UNIT) is 2^-24 on cpu, whose float32 additions round to nearest.
+       On cuda it is 2^-22: tensor cores add p products and the running sum at once, aligned to
+       the largest and truncated to float32's 24 bits (Fasi et al., PeerJ CS 2021; Khattak &
+       Mikaitis 2025 for H100), so one such addition errs by less than (p + 1)·2^-23 times the
+       sum of its terms' magnitudes, and n products in n/p of them by less than n·2^-22·Σ|q'i x'i|;
     3. output: rounding the float32 sum to bf16 moves it by at most w·|t|, w = 2^-7·(1 + 2^-6)
        (covers round-to-nearest and truncation).
     E is the sum of 1 and 2, times 1 + 2^-30 for the float64 arithmetic that computes it.
@@ -384,21 +390,27 @@ class TorchFlatBf16Index(TorchFlatIndex):
     27 bytes of bounds, θ and counts per row, and the results (`memory.all_pairs_model_bytes` bounds it all).
     On cuda the same code runs on tensor cores, with reduced-precision bf16 reductions turned
     off for the matrix product (they would break bound 2) and TF32 off for the float32 re-rank
-    and fall-back (it would break F), whatever the caller set.
+    and fall-back (it would break F), whatever the caller set. There, with Triton, a kernel
+    (`chunk_maxima.chunk_maxima_both_ways`) takes a block's chunk maxima, both ways for all
+    pairs, in one read of the block, where torch's reductions took two passes at about a third
+    of the memory bandwidth; it adds 2 bytes a chunk per way (4·pair_block²/CHUNK bytes in all
+    pairs, 256 MiB).
     """
 
     CHUNK = 64  # columns per max in the selection pass: a chunk reaching θ is compared element-wise
     # Larger query blocks on cuda: fewer, bigger products (measured on an H200, README)
     DEFAULT_BLOCKS = {**TorchFlatIndex.DEFAULT_BLOCKS, "cuda": (16384, 65536)}
     PAIR_BLOCKS = {"cpu": 4096, "cuda": 65536}  # all_pairs_search's square blocks: rows (= columns) per block
-    # Columns of the product operands are padded with zeros to a multiple of this: on cuda, bf16
-    # rows that are not 16-byte aligned sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
+    # Columns of the product operands are padded with zeros to a multiple of this, and all pairs'
+    # score rows are laid out at a multiple of it: on cuda, bf16 rows that are not 16-byte aligned
+    # sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
     COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
     SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
     RERANK_PAIRS = 8192  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors (12 MiB at d=384)
     OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
+    ACCUMULATION_UNIT = {"cpu": 2.0 ** -24, "cuda": 2.0 ** -22}  # u of bound 2 above, per device type
     FLOAT64_SLACK = 1 + 2.0 ** -30
 
     def __init__(self, d: int, metric: str, device: torch.device,
@@ -409,6 +421,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         self.scored_columns = _round_up(self.scored_d, self.COLUMN_ALIGNMENT[device.type])  # x' and zeros
         self.last_certified_fraction: float | None = None  # share of the last search's queries certified
         self.pair_block = self.PAIR_BLOCKS[device.type]
+        self.accumulation_unit = self.ACCUMULATION_UNIT[device.type]
         self._clear_bf16()
 
     def _clear_bf16(self) -> None:
@@ -518,8 +531,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
         scored[:, self.d + 1:self.scored_d] = 1.0
         n = self.scored_columns
         scored_norms = _norms64(scored)
-        bound = (operands + _gamma(n) * scored_norms * self._max_scored_norm + (2 * n + 1) * 2.0 ** -126
-                 ) * self.FLOAT64_SLACK
+        accumulation = _gamma(n, self.accumulation_unit) * scored_norms * self._max_scored_norm
+        bound = (operands + accumulation + (2 * n + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
         # a finite bound also needs float32 sums that cannot overflow
         bound[~torch.isfinite(bound) | (scored_norms * self._max_scored_norm > 2.0 ** 100)] = math.inf
         return bound, slack, scored
@@ -548,12 +561,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
         for x_start in range(0, self.ntotal, self.database_block):
             block = self._scored[x_start:x_start + self.database_block]
             scores = buffer[:rows * len(block)].view(rows, len(block))
-            torch.mm(scored_queries, block.T, out=scores)
+            maxima, _ = self._product(scored_queries, block, scores, both_ways=False)
             if theta is None:  # no threshold yet: take the block's best capacity + 1 directly
                 new_scores, new_ids = scores.topk(min(capacity + 1, len(block)), dim=1)
                 new_scores = new_scores.float()
             else:
-                new_scores, new_ids = self._above_threshold(scores, theta, failed, capacity)
+                new_scores, new_ids = self._above_threshold(scores, maxima, theta, failed, capacity)
             merged_scores, order = torch.cat([kept_scores, new_scores], dim=1).sort(dim=1, descending=True)
             merged_ids = torch.cat([kept_ids, new_ids + x_start], dim=1).gather(1, order)
             if merged_scores.shape[1] < k:  # fewer than k vectors seen: no threshold yet
@@ -571,11 +584,21 @@ class TorchFlatBf16Index(TorchFlatIndex):
         full = scores.shape[1] // self.CHUNK * self.CHUNK
         return scores[:, :full].unflatten(1, (full // self.CHUNK, self.CHUNK))
 
-    def _above_threshold(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
-                         capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor,
+                 both_ways: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """out = bf16(left · rightᵀ). On cuda with Triton, also the CHUNK maxima of out's rows and, both_ways,
+        of outᵀ's rows, from one read of out (`chunk_maxima_both_ways`); elsewhere (None, None), and
+        `_survivors` takes them itself."""
+        torch.mm(left, right.T, out=out)
+        if maxima_kernel_available(self.device):
+            return chunk_maxima_both_ways(out, self.CHUNK, both_ways)
+        return None, None
+
+    def _above_threshold(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor,
+                         failed: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores >= θ of each row of one block (float32, -inf padded) and their columns."""
         rows = scores.shape[0]
-        found_rows, found_columns, found_values = self._survivors(scores, theta, failed, capacity)
+        found_rows, found_columns, found_values = self._survivors(scores, maxima, theta, failed, capacity)
         counts = torch.bincount(found_rows, minlength=rows)
         positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
         width = int(counts.max()) if len(found_rows) else 0
@@ -585,10 +608,11 @@ class TorchFlatBf16Index(TorchFlatIndex):
         new_ids[found_rows, positions] = found_columns
         return new_scores, new_ids
 
-    def _survivors(self, scores: torch.Tensor, theta: torch.Tensor, failed: torch.Tensor,
-                   capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _survivors(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor,
+                   failed: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, columns, bf16 values) of the scores >= θ of their row in one block, sorted by row, then
-        column; `failed` (one entry a row) is updated.
+        column; `failed` (one entry a row) is updated. `maxima`: the max of each full CHUNK of a
+        row's scores if the product took them (`_product`), else None and they are taken here.
 
         `scores` is a block or a transposed view of a contiguous one (the all-pairs search reads each
         block both ways). A transposed view takes its maxima down CHUNK rows of the block (a vertical
@@ -602,12 +626,15 @@ class TorchFlatBf16Index(TorchFlatIndex):
         # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
         # max over int16 bits is several times faster than over bf16. Rows with θ's sign bit set
         # take the bf16 max; rows that failed check nothing.
-        theta_bits = theta.view(torch.int16).clone()
-        theta_bits[failed] = torch.iinfo(torch.int16).max
-        hits = _chunk_maxima(scores.view(torch.int16), self.CHUNK) >= theta_bits[:, None]
-        negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
-        if len(negative):
-            hits[negative] = _chunk_maxima(scores[negative], self.CHUNK) >= theta[negative, None]
+        if maxima is not None:
+            hits = (maxima >= theta[:, None]) & ~failed[:, None]
+        else:
+            theta_bits = theta.view(torch.int16).clone()
+            theta_bits[failed] = torch.iinfo(torch.int16).max
+            hits = _chunk_maxima(scores.view(torch.int16), self.CHUNK) >= theta_bits[:, None]
+            negative = ((theta_bits < 0) & ~failed).nonzero().flatten()
+            if len(negative):
+                hits[negative] = _chunk_maxima(scores[negative], self.CHUNK) >= theta[negative, None]
         # More than capacity + 1 chunks reaching θ hold more candidates than fit: no certificate.
         # Failing them here also bounds the work and memory of the element-wise pass.
         failed |= hits.sum(dim=1) > capacity + 1
@@ -695,8 +722,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def _pair_buffer_size(self) -> int:
         side = min(self.pair_block, self.ntotal)
+        stride = _round_up(side, self.COLUMN_ALIGNMENT[self.device.type])  # rows laid out as in _scan_pairs
         # even, and room for one float32 row of the fall-back's database block
-        return max(side * side + side % 2, 2 * min(self.database_block, self.ntotal))
+        return max(_round_up(side * stride, 2), 2 * min(self.database_block, self.ntotal))
 
     def _pair_buffer(self) -> torch.Tensor:
         return torch.empty(self._pair_buffer_size(), dtype=torch.bfloat16, device=self.device)
@@ -714,11 +742,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
             for j_start in range(i_start, n, side):
                 j_end = min(j_start + side, n)
                 right_block = self._pair_operand(right, j_start, j_end, state.offset, "right")
-                scores = buffer[:(i_end - i_start) * (j_end - j_start)].view(i_end - i_start, j_end - j_start)
-                torch.mm(left_block, right_block.T, out=scores)
-                self._collect(state, scores, i_start, j_start, k)
+                # rows of a width rounded up to COLUMN_ALIGNMENT: cuda's last, narrower block keeps aligned rows
+                stride = _round_up(j_end - j_start, self.COLUMN_ALIGNMENT[self.device.type])
+                scores = buffer[:(i_end - i_start) * stride].view(i_end - i_start, stride)[:, :j_end - j_start]
+                row_maxima, column_maxima = self._product(left_block, right_block, scores, j_start != i_start)
+                self._collect(state, scores, row_maxima, i_start, j_start, k)
                 if j_start != i_start:
-                    self._collect(state, scores.T, j_start, i_start, k)
+                    self._collect(state, scores.T, column_maxima, j_start, i_start, k)
         return state
 
     @property
@@ -775,7 +805,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
             half_sums = torch.cat(half_sums)
             sums += half_sums + float(half_sums.max())
         terms = self.pair_columns
-        bound = (operands + _gamma(terms) * sums + (2 * terms + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
+        bound = (operands + _gamma(terms, self.accumulation_unit) * sums + (2 * terms + 1) * 2.0 ** -126) * self.FLOAT64_SLACK
         # a finite bound also needs float32 sums that cannot overflow
         bound[~torch.isfinite(bound) | (sums > 2.0 ** 100)] = math.inf
         capacity = self.candidate_capacity(k)
@@ -799,16 +829,18 @@ class TorchFlatBf16Index(TorchFlatIndex):
         offset = float(torch.nan_to_num(kth - 4 * margins[sample_rows], posinf=0.0, neginf=0.0).min())
         return float(torch.tensor(offset).to(torch.bfloat16))
 
-    def _collect(self, state: _PairState, scores: torch.Tensor, first_row: int, first_column: int, k: int) -> None:
-        """Add the scores >= θ of rows first_row.. (one block, possibly a transposed view) to their candidates."""
+    def _collect(self, state: _PairState, scores: torch.Tensor, maxima: torch.Tensor | None, first_row: int,
+                 first_column: int, k: int) -> None:
+        """Add the scores >= θ of rows first_row.. (one block, possibly a transposed view; its chunk maxima
+        or None) to their candidates."""
         rows = slice(first_row, first_row + scores.shape[0])
         theta, failed = state.theta[rows], state.failed[rows]
         unset = theta == -math.inf  # no threshold yet: this is the rows' first block
         if bool(unset.any()):
             if scores.shape[1] >= k:
                 # k chunks whose max reaches m hold k vectors with t >= m: θ from the k-th largest chunk max
-                maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
-                seeded = self._threshold(maxima.topk(k, dim=1).values[:, -1], state.bound[rows], state.slack[rows])
+                seed_maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
+                seeded = self._threshold(seed_maxima.topk(k, dim=1).values[:, -1], state.bound[rows], state.slack[rows])
                 theta[unset] = seeded[unset]
             else:  # too few columns for k chunks: take the block's best capacity + 1 (as a first block)
                 best_scores, best_columns = scores.topk(min(state.ids.shape[1] + 1, scores.shape[1]), dim=1)
@@ -817,7 +849,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 self._append(state, first_row, scores.shape[0], found_rows[keep], best_columns.flatten()[keep] + first_column,
                              best_scores.flatten()[keep], k)
                 return
-        found_rows, found_columns, found_values = self._survivors(scores, theta, failed, state.ids.shape[1])
+        found_rows, found_columns, found_values = self._survivors(scores, maxima, theta, failed, state.ids.shape[1])
         self._append(state, first_row, scores.shape[0], found_rows, found_columns + first_column, found_values, k)
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
@@ -902,9 +934,9 @@ def _norms64(rows: torch.Tensor, rows_per_pass: int = 1024) -> torch.Tensor:
                       for begin in range(0, len(rows), rows_per_pass)])
 
 
-def _gamma(n: int) -> float:
-    """Higham's γn for float32: the relative error bound of n roundings."""
-    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+def _gamma(n: int, unit: float = 2.0 ** -24) -> float:
+    """Higham's γn: the relative error bound of n roundings of unit roundoff `unit` (float32's by default)."""
+    return n * unit / (1 - n * unit)
 
 
 @contextmanager

@@ -15,6 +15,8 @@ import faiss
 import memray
 import torch
 
+from .chunk_maxima import maxima_kernel_available
+
 Result = TypeVar("Result")
 
 _STATUS = Path("/proc/self/status")
@@ -144,7 +146,8 @@ def bf16_search_model_bytes(index, nq: int, k: int) -> int:
     (index.score_buffer_bytes(nq), also the float32 fall-back's); the query rows q' and float64
     norm passes (2·rows·(len(q') + d) + 16·1024·d); the candidates, float32 score + int64 id
     each, in four arrays of rows x (2·capacity + 1 + chunk) while merged and sorted; the
-    selection of one block (`bf16_selection_bytes`) and the re-rank (`bf16_rerank_bytes`).
+    selection of one block (`bf16_selection_bytes`), on cuda with Triton the chunk maxima the
+    kernel writes (2·rows·(columns // chunk)) and the re-rank (`bf16_rerank_bytes`).
     Stages that are not alive together are summed, so the bound is loose by design.
     Plus RUNTIME_ALLOWANCE_BYTES.
     """
@@ -152,9 +155,10 @@ def bf16_search_model_bytes(index, nq: int, k: int) -> int:
     capacity = index.candidate_capacity(k)
     queries = 2 * rows * (index.scored_columns + index.d) + 16 * 1024 * index.d
     candidates = 4 * 12 * rows * (2 * capacity + 1 + index.CHUNK)
+    kernel_maxima = 2 * rows * (columns // index.CHUNK) if maxima_kernel_available(index.device) else 0
     return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates
-            + bf16_selection_bytes(rows, columns, capacity, index.CHUNK) + bf16_rerank_bytes(index, rows, k)
-            + RUNTIME_ALLOWANCE_BYTES)
+            + bf16_selection_bytes(rows, columns, capacity, index.CHUNK) + kernel_maxima
+            + bf16_rerank_bytes(index, rows, k) + RUNTIME_ALLOWANCE_BYTES)
 
 
 def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int) -> int:
@@ -200,7 +204,8 @@ def all_pairs_model_bytes(index, k: int) -> int:
     Then the largest of three phases, which are not alive together:
     - bounds: 12 float64 a row while E, 2F and c0 are computed, per pass of rows the float32
       residual and float64 norm passes (8·rows·d + 8·1024·d), and the sampled scores for c0;
-    - scan: the two bf16 operand blocks (4·side·pair_columns); a row's first θ (bf16 maxima over
+    - scan: the two bf16 operand blocks (4·side·pair_columns); on cuda with Triton the chunk
+      maxima of a block both ways (4·side·(side // chunk)); a row's first θ (bf16 maxima over
       SEED_CHUNK columns, twice if topk copies them, and their top-k; or, where a block has
       fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
       selection of one side x side block (`bf16_selection_bytes`) and the append that follows:
@@ -228,7 +233,9 @@ def all_pairs_model_bytes(index, k: int) -> int:
     survivors = side * (capacity + chunk)
     compaction = side * (12 * (capacity + chunk) + 12 * capacity + 34 * (2 * capacity + chunk) + 64)
     append = 113 * survivors + compaction
-    scan = 4 * side * index.pair_columns + seed + max(bf16_selection_bytes(side, side, capacity, chunk), append)
+    kernel_maxima = 4 * side * (side // chunk) if maxima_kernel_available(index.device) else 0
+    scan = (4 * side * index.pair_columns + kernel_maxima + seed
+            + max(bf16_selection_bytes(side, side, capacity, chunk), append))
     columns = min(index.database_block, n)
     fall_back_rows = min(rows, index.pair_buffer_bytes() // 4 // columns)
     database_blocks = -(-n // columns)
