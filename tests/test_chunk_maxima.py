@@ -52,8 +52,9 @@ from embedsearch.chunk_maxima import chunk_maxima_both_ways
 results = []
 for rows, columns in json.loads(sys.argv[1]):
     generator = torch.Generator().manual_seed(rows * columns)
-    scores = (torch.randn((rows, columns), generator=generator) - 1.0).bfloat16().float()
-    results.append((scores, *chunk_maxima_both_ways(scores, 64, True)))
+    wide = (torch.randn((rows, columns + 40), generator=generator) - 1.0).bfloat16().float()
+    for scores in (wide[:, 40:].contiguous(), wide[:, :columns]):  # rows laid out wider, as in all pairs
+        results.append((scores, *chunk_maxima_both_ways(scores, 64, True), chunk_maxima_both_ways(scores, 64, False)))
 torch.save(results, sys.argv[2])
 """
 
@@ -63,8 +64,9 @@ def test_kernel_in_the_triton_interpreter_equals_torch(tmp_path):
     saved = tmp_path / "results.pt"
     subprocess.run([sys.executable, "-c", INTERPRETED, json.dumps(INTERPRETED_SHAPES), str(saved)], check=True,
                    env={**os.environ, "TRITON_INTERPRET": "1"})
-    for result in torch.load(saved):
-        check(*result)
+    for scores, row_maxima, column_maxima, one_way in torch.load(saved):
+        check(scores, row_maxima, column_maxima)
+        assert torch.equal(one_way[0], row_maxima) and one_way[1] is None
 
 
 @pytest.mark.parametrize("chunk, message", [(48, "chunk 48: expected a power of 2"),

@@ -1,3 +1,4 @@
+import contextlib
 import re
 from unittest import mock
 
@@ -11,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import (BF16_SPEC, EXACT_SPECS, TORCH_SPEC, FaissIndex, TorchFlatBf16Index, TorchFlatIndex,
-                                build_index, create_index)
+                                _chunk_maxima, build_index, create_index)
 from embedsearch.memory import profile_memory
 from embedsearch.metrics import recall_at_k
 
@@ -407,14 +408,28 @@ def near_tie_problems(draw):
     return database, queries, k, metric, blocks, chunk
 
 
+def kernel_maxima_from_torch(kernel: bool):
+    """kernel: the maxima path cuda takes (maxima handed to _survivors with the product, column maxima
+    as a transposed view), with torch's `_chunk_maxima` standing in for the Triton kernel."""
+    if not kernel:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch("embedsearch.index.maxima_kernel_available", return_value=True))
+    stack.enter_context(mock.patch("embedsearch.index.chunk_maxima_both_ways", side_effect=lambda out, chunk, columns_too: (
+        _chunk_maxima(out, chunk), _chunk_maxima(out.T, chunk) if columns_too else None)))
+    return stack
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=near_tie_problems())
-def test_bf16_search_equals_reference_on_near_ties(problem):
+@given(problem=near_tie_problems(), kernel=st.booleans())
+def test_bf16_search_equals_reference_on_near_ties(problem, kernel):
+    """kernel: with the maxima computed beside the product, as on cuda."""
     database, queries, k, metric, (query_block, database_block), chunk = problem
     index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cpu"), query_block, database_block)
     index.CHUNK = chunk  # small chunks: the chunked selection runs on small blocks too
     index.add(database)
-    distances, ids = index.search(queries, k)
+    with kernel_maxima_from_torch(kernel):
+        distances, ids = index.search(queries, k)
     assert_exact_search(database, queries, k, metric, distances, ids)
     assert 0.0 <= index.last_certified_fraction <= 1.0
 
@@ -514,11 +529,12 @@ def bf16_index_with_blocks(database, metric, pair_block, chunk=64, seed_chunk=8,
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=all_pairs_problems(), alignment=st.sampled_from([1, 8]))
-def test_bf16_all_pairs_equals_reference_on_near_ties(problem, alignment):
-    """alignment 8: cuda's zero-padded columns and score rows laid out at multiples of 8."""
+@given(problem=all_pairs_problems(), alignment=st.sampled_from([1, 8]), kernel=st.booleans())
+def test_bf16_all_pairs_equals_reference_on_near_ties(problem, alignment, kernel):
+    """alignment 8: cuda's zero-padded columns and score rows laid out at multiples of 8; kernel: with
+    the maxima computed beside the product, both ways, as on cuda."""
     database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
-    with mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}):
+    with mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}), kernel_maxima_from_torch(kernel):
         index = bf16_index_with_blocks(database, metric, pair_block, chunk, seed_chunk, refresh)
         distances, ids = index.all_pairs_search(k)
     assert_exact_search(database, database, k, metric, distances, ids)
@@ -650,6 +666,33 @@ def test_cuda_search_stays_exact_when_the_caller_turned_tf32_on(spec):
     finally:
         matmul.fp32_precision = saved
     assert_exact_search(split.train_vectors, split.val_vectors, 10, "l2", distances, ids)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_all_pairs_of_one_vector_with_rows_laid_out_at_8_columns(metric, monkeypatch):
+    """One score row of 1 column laid out at 8 (cuda's alignment): the pair buffer holds it."""
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", 8)
+    database = np.array([[0.5, -2.0, 1.0]], dtype=np.float32)
+    distances, ids = build_index(BF16_SPEC, database, metric).all_pairs_search(1)
+    assert ids.tolist() == [[0]]
+    assert_exact_search(database, database, 1, metric, distances, ids)
+
+
+def test_bf16_selection_keeps_a_minus_zero_score_at_theta_plus_zero():
+    """-0 >= +0: the int16 fast path (where -0's bits are negative) must not drop it."""
+    index = TorchFlatBf16Index(4, "ip", torch.device("cpu"))
+    index.CHUNK = 2
+    scores = torch.tensor([[-1.0, -0.0, -2.0, -3.0], [0.5, -0.0, 0.0, -1.0]], dtype=torch.bfloat16)
+    theta = torch.tensor([0.0, 0.0], dtype=torch.bfloat16)
+    rows, columns, values = index._survivors(scores, None, theta, torch.zeros(2, dtype=torch.bool), 10)
+    assert list(zip(rows.tolist(), columns.tolist())) == [(0, 1), (1, 0), (1, 1), (1, 2)]
+    assert values.float().tolist() == [0.0, 0.5, 0.0, 0.0]
+
+
+def test_bf16_refuses_rocm(monkeypatch):
+    monkeypatch.setattr(torch.version, "hip", "6.2.0")
+    with pytest.raises(ValueError, match="assumes NVIDIA tensor cores.*ROCm"):
+        TorchFlatBf16Index(8, "ip", torch.device("cuda"))
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])

@@ -22,6 +22,7 @@ from .device import resolve_device, synchronize
 from .validation import as_vectors, check_choice, check_k
 
 METRICS = ("l2", "ip")
+FLOAT32_UNIT = 2.0 ** -24  # float32's unit roundoff (round to nearest)
 TORCH_SPEC = "TorchFlat"
 BF16_SPEC = "TorchFlat.bf16"  # TorchFlat scoring in bfloat16 with a certified float32 re-rank
 EXACT_SPECS = ("Flat", TORCH_SPEC, BF16_SPEC)
@@ -338,10 +339,15 @@ class TorchFlatBf16Index(TorchFlatIndex):
        γn = n·u / (1 - n·u), M' = max |x'| (Higham, Accuracy and Stability of Numerical
        Algorithms, §3.1), plus (2n + 1)·2^-126 for results flushed to zero on underflow.
        u (ACCUMULATION_UNIT) is 2^-24 on cpu, whose float32 additions round to nearest.
-       On cuda it is 2^-22: tensor cores add p products and the running sum at once, aligned to
-       the largest and truncated to float32's 24 bits (Fasi et al., PeerJ CS 2021; Khattak &
-       Mikaitis 2025 for H100), so one such addition errs by less than (p + 1)·2^-23 times the
-       sum of its terms' magnitudes, and n products in n/p of them by less than n·2^-22·Σ|q'i x'i|;
+       On cuda it is 2^-22, for NVIDIA tensor cores (Fasi et al., PeerJ CS 2021; Khattak &
+       Mikaitis 2025 for H100): a step adds p >= 1 products and the running sum at once, aligned
+       to the largest of these p + 1 terms, which stays exact; the other p are truncated to
+       float32's 24 bits, and so is the normalised result: p + 1 truncations, each losing less
+       than 2^-23 times the step's largest term, itself at most Σ|q'i x'i| (to first order).
+       Over all steps that is n + (steps) <= 2n truncations, less than 2n·2^-23·Σ|q'i x'i| =
+       n·2^-22·Σ|q'i x'i| <= γn·Σ|q'i x'i| with u = 2^-22. cuBLAS's split-K
+       sums round to nearest in float32 (reduced-precision reductions are off). ROCm's matrix
+       cores are not covered: TorchFlat.bf16 refuses a ROCm device;
     3. output: rounding the float32 sum to bf16 moves it by at most w·|t|, w = 2^-7·(1 + 2^-6)
        (covers round-to-nearest and truncation).
     E is the sum of 1 and 2, times 1 + 2^-30 for the float64 arithmetic that computes it.
@@ -384,7 +390,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     Memory: the bf16 copy adds 2·ntotal·len(x') bytes (`nbytes`); a search reuses one bf16
     score buffer (`score_buffer_bytes(nq)`) plus candidate buffers of query_block x capacity.
-    `all_pairs_search` holds one bf16 pair_block² buffer (`pair_buffer_bytes()`, 32 MiB on cpu;
+    `all_pairs_search` holds one bf16 buffer of pair_block rows of round_up(pair_block, COLUMN_ALIGNMENT)
+    (`pair_buffer_bytes()`, 32 MiB on cpu;
     the float32 fall-back reuses it), two bf16 operand blocks of pair_block x (len(x') + 2), the
     candidates of every row, ntotal x capacity(k) x 12 bytes (114 MB at 100k rows and k = 21),
     27 bytes of bounds, θ and counts per row, and the results (`memory.all_pairs_model_bytes` bounds it all).
@@ -410,11 +417,14 @@ class TorchFlatBf16Index(TorchFlatIndex):
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
     RERANK_PAIRS = 8192  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors (12 MiB at d=384)
     OUTPUT_ROUNDING = 2.0 ** -7 * (1 + 2.0 ** -6)  # w above
-    ACCUMULATION_UNIT = {"cpu": 2.0 ** -24, "cuda": 2.0 ** -22}  # u of bound 2 above, per device type
+    ACCUMULATION_UNIT = {"cpu": FLOAT32_UNIT, "cuda": 2.0 ** -22}  # u of bound 2 above, per device type
     FLOAT64_SLACK = 1 + 2.0 ** -30
 
     def __init__(self, d: int, metric: str, device: torch.device,
                  query_block: int | None = None, database_block: int | None = None):
+        if device.type == "cuda" and torch.version.hip:
+            raise ValueError(f"index spec {BF16_SPEC!r} on device {device}: its error bound assumes NVIDIA tensor "
+                             f"cores, and this torch runs on ROCm ({torch.version.hip}); use {TORCH_SPEC!r}")
         super().__init__(d, metric, device, query_block, database_block)
         self.spec = BF16_SPEC
         self.scored_d = d + (3 if metric == "l2" else 1)  # len(x')
@@ -516,7 +526,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         operands = (_norms64(rounded) * self._max_residual + _norms64(rounded.float() - queries) * self._max_norm
                     + self._max_half_norm_error)
         magnitude = _norms64(queries) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
-        slack = 2 * _gamma(self.d + 2) * magnitude * self.FLOAT64_SLACK
+        slack = 2 * _gamma(self.d + 2, FLOAT32_UNIT) * magnitude * self.FLOAT64_SLACK
         # Offset c: a little below the k-th best float32 score of the first stored vectors, so that
         # θ lands just above 0 after the first block (any c keeps the bound valid).
         sample = self._vectors[:self.OFFSET_SAMPLE]
@@ -561,12 +571,14 @@ class TorchFlatBf16Index(TorchFlatIndex):
         for x_start in range(0, self.ntotal, self.database_block):
             block = self._scored[x_start:x_start + self.database_block]
             scores = buffer[:rows * len(block)].view(rows, len(block))
-            maxima, _ = self._product(scored_queries, block, scores, both_ways=False)
             if theta is None:  # no threshold yet: take the block's best capacity + 1 directly
+                torch.mm(scored_queries, block.T, out=scores)
                 new_scores, new_ids = scores.topk(min(capacity + 1, len(block)), dim=1)
                 new_scores = new_scores.float()
             else:
+                maxima, _ = self._product(scored_queries, block, scores, columns_too=False)
                 new_scores, new_ids = self._above_threshold(scores, maxima, theta, failed, capacity)
+                del maxima  # before the next block's are allocated
             merged_scores, order = torch.cat([kept_scores, new_scores], dim=1).sort(dim=1, descending=True)
             merged_ids = torch.cat([kept_ids, new_ids + x_start], dim=1).gather(1, order)
             if merged_scores.shape[1] < k:  # fewer than k vectors seen: no threshold yet
@@ -585,13 +597,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
         return scores[:, :full].unflatten(1, (full // self.CHUNK, self.CHUNK))
 
     def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor,
-                 both_ways: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """out = bf16(left · rightᵀ). On cuda with Triton, also the CHUNK maxima of out's rows and, both_ways,
+                 columns_too: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """out = bf16(left · rightᵀ). On cuda with Triton, also the CHUNK maxima of out's rows and, columns_too,
         of outᵀ's rows, from one read of out (`chunk_maxima_both_ways`); elsewhere (None, None), and
         `_survivors` takes them itself."""
         torch.mm(left, right.T, out=out)
         if maxima_kernel_available(self.device):
-            return chunk_maxima_both_ways(out, self.CHUNK, both_ways)
+            return chunk_maxima_both_ways(out, self.CHUNK, columns_too)
         return None, None
 
     def _above_threshold(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor,
@@ -623,12 +635,14 @@ class TorchFlatBf16Index(TorchFlatIndex):
         transposed = scores.stride(1) != 1
         chunks = self._chunks(scores)
         full = chunks.shape[1] * self.CHUNK
-        # For θ >= +0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
-        # max over int16 bits is several times faster than over bf16. Rows with θ's sign bit set
-        # take the bf16 max; rows that failed check nothing.
         if maxima is not None:
             hits = (maxima >= theta[:, None]) & ~failed[:, None]
         else:
+            # For θ > 0 a bf16 value reaches θ exactly when its bits, read as int16, reach θ's: the
+            # max over int16 bits is several times faster than over bf16. Rows with θ's sign bit
+            # set take the bf16 max, and so do rows with θ = +0, as -0 (a -0 score reaches +0 but
+            # its bits are negative); rows that failed check nothing.
+            theta = torch.where(theta == 0, -0.0, theta)
             theta_bits = theta.view(torch.int16).clone()
             theta_bits[failed] = torch.iinfo(torch.int16).max
             hits = _chunk_maxima(scores.view(torch.int16), self.CHUNK) >= theta_bits[:, None]
@@ -749,6 +763,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 self._collect(state, scores, row_maxima, i_start, j_start, k)
                 if j_start != i_start:
                     self._collect(state, scores.T, column_maxima, j_start, i_start, k)
+                del row_maxima, column_maxima  # before the next block's are allocated
         return state
 
     @property
@@ -797,7 +812,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         rounded_norms, residual_norms = torch.cat(rounded_norms), torch.cat(residual_norms)
         operands = rounded_norms * self._max_residual + residual_norms * self._max_norm + 2 * self._max_half_norm_error
         magnitude = torch.cat(vector_norms) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
-        slack = 2 * _gamma(d + 2) * magnitude * self.FLOAT64_SLACK
+        slack = 2 * _gamma(d + 2, FLOAT32_UNIT) * magnitude * self.FLOAT64_SLACK
         offset = self._pair_offset(k, operands + slack)
         # sum of |left_i,m right_j,m| <= |bf16(x_i)| |bf16(x_j)| + |c0| (+ |h1_i| + |h2_i| + |h1_j| + |h2_j|)
         sums = rounded_norms * float(rounded_norms.max()) + abs(offset)
@@ -934,8 +949,8 @@ def _norms64(rows: torch.Tensor, rows_per_pass: int = 1024) -> torch.Tensor:
                       for begin in range(0, len(rows), rows_per_pass)])
 
 
-def _gamma(n: int, unit: float = 2.0 ** -24) -> float:
-    """Higham's γn: the relative error bound of n roundings of unit roundoff `unit` (float32's by default)."""
+def _gamma(n: int, unit: float) -> float:
+    """Higham's γn: the relative error bound of n roundings of unit roundoff `unit`."""
     return n * unit / (1 - n * unit)
 
 
