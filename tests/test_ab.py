@@ -286,13 +286,20 @@ def test_undecided_suspects_are_those_still_leaning_without_a_clear_verdict():
                  "clear_below": spread_passes(1.04, 0.001, CONFIRMATIONS)}  # significant: decided (unsure)
     directions = {"wide": True, "clear": True, "small": True, "wide_faster": False, "clear_below": True}
     assert undecided(estimates, directions, 0.05) == ["wide", "wide_faster"]
-    # significant at alpha but not at alpha / 4 (four slower suspects): undecided; one pass: left out
+    # Benjamini-Hochberg's level within a direction, not Bonferroni's: of 2 slower suspects, one with
+    # p between alpha / 2 and alpha is rejected (decided) beside one with a tiny p, undecided alone
     from embedsearch.ab import confirmed
-    between = spread_passes(1.06, 0.04, CONFIRMATIONS)
-    assert 0.05 / 4 < confirmed(between, between, True)[1] < 0.05
+    between = spread_passes(1.07, 0.05, CONFIRMATIONS)
+    assert 0.05 / 2 < confirmed(between, between, True)[1] < 0.05
     estimates = {"between": between, "clear": estimates["clear"], "one_pass": estimates["clear"][:1]}
     directions = {"between": True, "clear": True, "one_pass": True, "other": True}
-    assert undecided(estimates, directions, 0.05) == ["between"]
+    assert undecided(estimates, directions, 0.05) == []
+    directions["clear"] = False  # the other direction's family: "between" is judged alone, at alpha / 1
+    estimates["clear"] = spread_passes(1 / 1.20, 0.01, CONFIRMATIONS)
+    assert undecided(estimates, directions, 0.05) == []
+    weaker = spread_passes(1.06, 0.07, CONFIRMATIONS)  # p over alpha: undecided even alone
+    assert confirmed(weaker, weaker, True)[1] > 0.05
+    assert undecided({"weaker": weaker, "clear": estimates["clear"]}, directions | {"weaker": True}, 0.05) == ["weaker"]
 
 
 @pytest.mark.parametrize("seconds, pairs", [(1e-3, 10), (0.3, 6), (0.75, 4)])
@@ -492,3 +499,39 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), {flat: True}, 0.05, {},
                                          lambda *line, **options: None)
     assert [[b.name for b in passed] for passed in passes] == [[flat]] * ab_module.CONFIRMATIONS
+
+
+def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):
+    """tools/measure_gate.py --replay: a run kept under the Bonferroni second look, which gave a
+    clearly slower suspect twelve more passes, replays with them dropped and the same verdicts."""
+    import importlib.util
+    import json
+
+    from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS
+    spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
+    measure_gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_gate)
+
+    def paired(name: str, ratio: float) -> dict:  # 10 pairs with almost no noise, as write_record keeps them
+        return {"name": f"perf/b.py::{name}", "iterations": {"base": 1, "head": 1}, "rounds_per_batch": 1, "warmup": [],
+                "pairs": [{"first": first, "base": [2e-3], "head": [ratio * 2e-3 * (1 + 1e-6 * (-1) ** i)]}
+                          for i in range(5) for first in ("base", "head")]}
+
+    clear = [1.2, 1.21, 1.19, 1.2] * 5  # rejected at the first look
+    wide = [1.3, 0.95] * 10  # leaning slower, not rejected after six passes: undecided
+    record = {"settings": {"alpha_per_look": 1e-3, "min_effect": 0.05},
+              "benchmarks": [paired("clear", 1.2), paired("wide", 1.2), paired("same", 1.0)],
+              "confirmations": [[paired("clear", c), paired("wide", w)]
+                                for c, w in zip(clear, wide[:CONFIRMATIONS + MORE_CONFIRMATIONS])],
+              "comparisons": [{"name": "clear", "metric": "time", "verdict": "slower"},
+                              {"name": "wide", "metric": "time", "verdict": "slower"}]}
+    path = tmp_path / "run-01-slowdown-0.10.json"
+    path.write_text(json.dumps(record))
+    found = measure_gate.replay(path)
+    assert found["kept_timings"] == 2 * (CONFIRMATIONS + MORE_CONFIRMATIONS)
+    assert found["timings"] == 2 * CONFIRMATIONS + MORE_CONFIRMATIONS
+    assert found["alarms"] == found["kept_alarms"] == {"clear", "wide"} and found["slowed"] == {"clear", "wide", "same"}
+    record["confirmations"] = [[b for b in passed if b["name"].endswith("clear") or number < CONFIRMATIONS]
+                               for number, passed in enumerate(record["confirmations"])]
+    path.write_text(json.dumps(record))
+    assert measure_gate.replay(path) is None  # "wide" needs the second look the run did not take

@@ -3,6 +3,7 @@
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
     python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
+    python tools/measure_gate.py ab --replay DIR [DIR ...]
 
 A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/planted_slowdown.py busy-waits that fraction
 of every timed call except calibration; the library is untouched).
@@ -12,7 +13,8 @@ tree, which must hold no uncommitted change) with the slowdown planted in the he
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
 alike. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
 caught, the wall time of one gate run next to one timed run of the same tier; and the same
-pairs re-judged at other minimum effects.
+pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this checkout's
+rules instead, from their recorded pairs (see `replay`).
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,
@@ -37,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import (MAX_PAIRS, PAIRS, ABResult, estimate, make_side, run_ab, run_session, time_comparisons,
+from embedsearch.ab import (CONFIRMATIONS, MAX_PAIRS, PAIRS, ABResult, PairedBenchmark, Session, estimate, make_side,
+                            pass_estimates, run_ab, run_session, suspect_directions, time_comparisons, undecided,
                             write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
@@ -190,6 +193,64 @@ def print_ab_summary(record: dict) -> None:
             print(f"false alarm: {'; '.join(row['alarms'])}")
 
 
+def paired_benchmark(record: dict) -> PairedBenchmark:
+    """A benchmark's pairs as `embedsearch.ab.write_record` kept them."""
+    return PairedBenchmark(record["name"], record["iterations"], record["rounds_per_batch"], record["pairs"],
+                           record["warmup"])
+
+
+def replay(path: Path) -> dict | None:
+    """One kept gate run re-judged with this checkout's rules, from its recorded pairs; None where it cannot be.
+
+    The first pass and the first CONFIRMATIONS passes are kept as they are. Of the further passes,
+    only the benchmarks this checkout's `undecided` picks are kept: exact for a rule that picks
+    a subset of the recorded run's second look (the others' timings are dropped), impossible
+    (None) for one that wants a second look or a suspect the run did not time. Assumes the kept
+    benchmarks' passes would have read the same had their children timed fewer neighbours."""
+    record = json.loads(path.read_text())
+    first = [paired_benchmark(b) for b in record["benchmarks"]]
+    recorded = [[paired_benchmark(b) for b in passed] for passed in record["confirmations"]]
+    settings = record["settings"]
+    suspects = suspect_directions(Session(first, [], [], {}, settings["alpha_per_look"]), settings["min_effect"])
+    first_look = recorded[:CONFIRMATIONS]
+    if not set(suspects) <= {b.name for b in (first_look[0] if first_look else [])}:
+        return None
+    again = set(undecided(pass_estimates(first_look), suspects, settings["min_effect"])) if suspects else set()
+    if not again <= {b.name for b in (recorded[CONFIRMATIONS] if len(recorded) > CONFIRMATIONS else [])}:
+        return None
+    confirmations = [[b for b in passed if b.name in suspects] for passed in first_look]
+    if again:
+        confirmations += [[b for b in passed if b.name in again] for passed in recorded[CONFIRMATIONS:]]
+    short = {b.name: b.name.split("::")[-1] for b in first}  # the record's comparisons name a test by its last part
+    slowed = {short[b.name] for b in first if not short[b.name].startswith(UNSLOWED)
+              and float(np.median([np.median(pair["base"]) for pair in b.pairs])) > 1e-3}
+    comparisons = time_comparisons(first, settings["alpha_per_look"], confirmations, settings["min_effect"], {})
+    kept_alarms = {c["name"] for c in record["comparisons"] if c["metric"] == "time" and c["verdict"] == "slower"}
+    return {"alarms": {short[c.name] for c in comparisons if c.verdict == "slower"}, "slowed": slowed,
+            "kept_alarms": kept_alarms, "kept_timings": sum(map(len, recorded)),
+            "timings": sum(map(len, confirmations)), "kept_passes": len(recorded), "passes": len(confirmations)}
+
+
+def print_replay(folders: list[Path]) -> None:
+    """Per planted slowdown: the kept runs' verdicts and confirmation timings, as kept and as replayed."""
+    rows: dict[str, list[dict | None]] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("run-*-slowdown-*.json")):
+            rows.setdefault(path.stem.split("slowdown-")[1], []).append(replay(path))
+    print(f"{'planted':>8} {'runs':>5} {'alarmed: kept -> replayed':>26} {'slowed caught: kept -> replayed':>32} "
+          f"{'confirmation timings (benchmark x pass)':>40}")
+    for case, replayed in sorted(rows.items()):
+        done = [row for row in replayed if row is not None]
+        kept = sum(len(row["kept_alarms"] & row["slowed"]) for row in done)
+        now = sum(len(row["alarms"] & row["slowed"]) for row in done)
+        slowed = sum(len(row["slowed"]) for row in done)
+        caught = f"{kept}/{slowed} -> {now}/{slowed}" if float(case) else "-"
+        print(f"{float(case):>8.0%} {len(done):>5} {sum(bool(row['kept_alarms']) for row in done):>13} -> "
+              f"{sum(bool(row['alarms']) for row in done):<9} {caught:>32} "
+              f"{sum(row['kept_timings'] for row in done):>22} -> {sum(row['timings'] for row in done)}"
+              + (f"  ({len(replayed) - len(done)} run(s) not replayable)" if len(done) < len(replayed) else ""))
+
+
 def rerun_with(slowdown: float):
     """The stored gate's rerun, in this checkout, under the same planted slowdown as the run it confirms."""
     def rerun(run: Run, names: list[str]) -> Run:
@@ -253,6 +314,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep every run's record in this folder")
     parser.add_argument("--summarize", type=Path, default=None,
                         help="ab: print the table of a measurement kept in this folder (its ab-runs.json) and stop")
+    parser.add_argument("--replay", type=Path, nargs="+", default=None,
+                        help="ab: re-judge the runs kept in these folders with this checkout's rules and stop")
     argv = sys.argv[1:]
     pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -261,6 +324,8 @@ def main() -> int:
         parser.error("expected --runs >= 1 and slowdowns > 0")
     if args.summarize:
         print_ab_summary(json.loads((args.summarize / "ab-runs.json").read_text()))
+    elif args.replay:
+        print_replay(args.replay)
     else:
         {"ab": measure_ab, "passes": measure_passes, "stored": measure_stored}[args.gate](args)
     return 0

@@ -31,8 +31,8 @@ benchmarking, Chromium Pinpoint):
    random layout padding (children of one template share its heap: a template serves one pass),
    and judged on those passes alone (`stats.across_passes`: a t-test over the
    passes' estimates, which carries each benchmark's own set-up-to-set-up spread). Suspects the
-   first look leaves `undecided` get MORE_CONFIRMATIONS passes and a second look; `confirmed`
-   takes Bonferroni over the looks. The first pass only selects:
+   first look leaves `undecided` (still leaning, not yet rejected by Benjamini-Hochberg) get
+   MORE_CONFIRMATIONS passes and a second look; `confirmed` takes Bonferroni over the looks. The first pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
    of it, so each suspect's p-value holds whatever was selected. The slower suspects' p-values
    go through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
@@ -594,17 +594,22 @@ def confirmed(first_look: list[PairedEstimate], every_pass: list[PairedEstimate]
 
 def undecided(estimates: dict[str, list[PairedEstimate]], suspects: dict[str, bool], min_effect: float) -> list[str]:
     """Suspects that still lean their way beyond 1 + SUSPECT_SHARE x min_effect after the first look
-    without being significant at Bonferroni's level over their direction's suspects."""
+    without being rejected by Benjamini-Hochberg at ALPHA among their direction's suspects (those
+    timed in at least two passes), each at its first look's p-value times LOOKS.
+
+    A suspect rejected here stays rejected after the second look (`time_comparisons`): a second
+    look can only lower the others' p-values, and Benjamini-Hochberg rejects more when p-values
+    fall. So the rule only decides who is worth more passes (README: "the second look")."""
+    tests = {name: confirmed(found, found, suspects[name]) for name, found in estimates.items() if len(found) >= 2}
     names = []
-    for name, found_passes in estimates.items():
-        if len(found_passes) < 2:  # timed in fewer than two passes: `time_comparisons` judges its first pass
-            continue
-        found, p_value = confirmed(found_passes, found_passes, suspects[name])
-        lean = math.log(found.ratio) * (1 if suspects[name] else -1)
-        family = sum(slower == suspects[name] for slower in suspects.values())
-        if lean > math.log1p(SUSPECT_SHARE * min_effect) and p_value > ALPHA / family:
-            names.append(name)
-    return names
+    for direction in (True, False):
+        members = sorted(name for name in tests if suspects[name] == direction)
+        rejected = dict(zip(members, benjamini_hochberg([tests[name][1] for name in members], ALPHA)))
+        for name in members:
+            lean = math.log(tests[name][0].ratio) * (1 if direction else -1)
+            if lean > math.log1p(SUSPECT_SHARE * min_effect) and not rejected[name]:
+                names.append(name)
+    return sorted(names)
 
 
 def run_ab(repository: Path, base_revision: str, head_revision: str | None, pytest_args: list[str],
