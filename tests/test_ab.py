@@ -239,7 +239,7 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
 
 
 def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either_way():
-    from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, Session, suspect_directions
+    from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, suspect_directions
 
     def paired(name: str, ratio: float) -> PairedBenchmark:
         return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
@@ -248,8 +248,8 @@ def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either
     limit = 1 + SUSPECT_SHARE * 0.05
     ratios = {"slower": limit * 1.001, "faster": 1 / (limit * 1.001), "inside": limit / 1.001,
               "inside_faster": 1.001 / limit}
-    session = Session([paired(name, ratio) for name, ratio in ratios.items()], [], [], {}, 1e-3)
-    assert suspect_directions(session, 0.05) == {"slower": True, "faster": False}
+    assert suspect_directions([paired(name, ratio) for name, ratio in ratios.items()], 0.05) == {
+        "slower": True, "faster": False}
 
 
 def spread_passes(ratio: float, spread: float, count: int) -> list[PairedEstimate]:
@@ -277,29 +277,67 @@ def test_confirmed_is_bonferroni_over_the_first_look_and_all_passes_with_the_cho
 
 
 def test_undecided_suspects_are_those_still_leaning_without_a_clear_verdict():
-    from embedsearch.ab import CONFIRMATIONS, undecided
+    from embedsearch.ab import CONFIRMATIONS, confirmed, undecided
 
     estimates = {"wide": spread_passes(1.10, 0.15, CONFIRMATIONS),  # leans slower, not significant: more passes
                  "clear": spread_passes(1.20, 0.01, CONFIRMATIONS),  # significant beyond 5%: decided
                  "small": spread_passes(1.01, 0.15, CONFIRMATIONS),  # leans below 2.5%: decided "same"
                  "wide_faster": spread_passes(1 / 1.10, 0.15, CONFIRMATIONS),
-                 "clear_below": spread_passes(1.04, 0.001, CONFIRMATIONS)}  # significant: decided (unsure)
+                 "clear_below": spread_passes(1.04, 0.001, CONFIRMATIONS)}  # significant short of 5%: more passes
     directions = {"wide": True, "clear": True, "small": True, "wide_faster": False, "clear_below": True}
-    assert undecided(estimates, directions, 0.05) == ["wide", "wide_faster"]
-    # Benjamini-Hochberg's level within a direction, not Bonferroni's: of 2 slower suspects, one with
-    # p between alpha / 2 and alpha is rejected (decided) beside one with a tiny p, undecided alone
-    from embedsearch.ab import confirmed
+    assert undecided(estimates, directions, 0.05) == ["clear_below", "wide", "wide_faster"]
+    # Benjamini-Hochberg's level, not Bonferroni's: of 2 slower suspects, one with p between
+    # alpha / 2 and alpha is rejected (decided) beside one with a tiny p; a suspect with one pass is left out
     between = spread_passes(1.07, 0.05, CONFIRMATIONS)
     assert 0.05 / 2 < confirmed(between, between, True)[1] < 0.05
     estimates = {"between": between, "clear": estimates["clear"], "one_pass": estimates["clear"][:1]}
-    directions = {"between": True, "clear": True, "one_pass": True, "other": True}
+    directions = {"between": True, "clear": True, "one_pass": True}
     assert undecided(estimates, directions, 0.05) == []
-    directions["clear"] = False  # the other direction's family: "between" is judged alone, at alpha / 1
-    estimates["clear"] = spread_passes(1 / 1.20, 0.01, CONFIRMATIONS)
-    assert undecided(estimates, directions, 0.05) == []
+    # each direction its own family: beside a faster suspect with a large p, "between" is judged
+    # alone (rank 1 of 1, line alpha); one family of both would need alpha / 2 of it
+    loose_faster = spread_passes(1 / 1.02, 0.2, CONFIRMATIONS)
+    assert confirmed(loose_faster, loose_faster, False)[1] > 0.05
+    assert undecided({"between": between, "loose_faster": loose_faster},
+                     {"between": True, "loose_faster": False}, 0.05) == []
     weaker = spread_passes(1.06, 0.07, CONFIRMATIONS)  # p over alpha: undecided even alone
     assert confirmed(weaker, weaker, True)[1] > 0.05
-    assert undecided({"weaker": weaker, "clear": estimates["clear"]}, directions | {"weaker": True}, 0.05) == ["weaker"]
+    assert undecided({"weaker": weaker}, {"weaker": True}, 0.05) == ["weaker"]
+
+
+def test_a_suspect_the_first_look_rejects_stays_rejected_after_the_second():
+    """`undecided`'s claim, on random suspects: whoever Benjamini-Hochberg rejects at the first look
+    is still rejected once the undecided have had their second look (`time_comparisons`)."""
+    from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS, PairedBenchmark, confirmed, time_comparisons, undecided
+    from embedsearch.stats import benjamini_hochberg
+
+    rng = np.random.default_rng(5)
+
+    def paired(name: str, ratio: float) -> PairedBenchmark:  # 4 pairs with almost no noise
+        return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
+            {"first": first, "base": [1e-3], "head": [ratio * 1e-3 * (1 + 1e-6 * (-1) ** i)]}
+            for i in range(2) for first in ("base", "head")])
+
+    second_looks = 0
+    for _ in range(60):
+        effects = {f"b{i}": rng.choice([1.0, 1.05, 1.10]) for i in range(8)}
+        first = [paired(name, effect * (1.1 if rng.random() < 0.5 else 1 / 1.1)) for name, effect in effects.items()]
+        suspects = {b.name: estimate(b, 0.05).ratio > 1 for b in first}
+        passes = [[paired(name, effect * math.exp(rng.normal(0, 0.06))) for name, effect in effects.items()]
+                  for _ in range(CONFIRMATIONS)]
+        first_look = {name: [estimate(b, 0.05) for passed in passes for b in passed if b.name == name]
+                      for name in effects}
+        again = undecided(first_look, suspects, 0.05)
+        second_looks += bool(again)
+        passes += [[paired(name, effects[name] * math.exp(rng.normal(0, 0.06))) for name in again]
+                   for _ in range(MORE_CONFIRMATIONS)] if again else []
+        final = {c.name: c for c in time_comparisons(first, 1e-3, passes, 0.05, {})}
+        for direction in (True, False):
+            members = sorted(name for name in effects if suspects[name] == direction)
+            tests = [confirmed(first_look[name], first_look[name], direction) for name in members]
+            for name, rejected, (found, _) in zip(members, benjamini_hochberg([p for _, p in tests], 0.05), tests):
+                if rejected:
+                    assert final[name].verdict != "same", (name, found.ratio, final[name])
+    assert 10 < second_looks < 60  # both branches ran
 
 
 @pytest.mark.parametrize("seconds, pairs", [(1e-3, 10), (0.3, 6), (0.75, 4)])
@@ -502,36 +540,45 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
 
 
 def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):
-    """tools/measure_gate.py --replay: a run kept under the Bonferroni second look, which gave a
-    clearly slower suspect twelve more passes, replays with them dropped and the same verdicts."""
+    """tools/measure_gate.py --replay. A run kept under the Bonferroni second look: of three slower
+    suspects, "between" (p between alpha / 3 and 2 alpha / 3) and "wide" got twelve more passes;
+    Benjamini-Hochberg rejects "between" at the first look, so the replay drops its further passes."""
     import importlib.util
     import json
 
-    from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS
+    from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS, confirmed, paired_record
     spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
     measure_gate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(measure_gate)
 
-    def paired(name: str, ratio: float) -> dict:  # 10 pairs with almost no noise, as write_record keeps them
-        return {"name": f"perf/b.py::{name}", "iterations": {"base": 1, "head": 1}, "rounds_per_batch": 1, "warmup": [],
-                "pairs": [{"first": first, "base": [2e-3], "head": [ratio * 2e-3 * (1 + 1e-6 * (-1) ** i)]}
-                          for i in range(5) for first in ("base", "head")]}
+    def paired(name: str, ratio: float, seconds: float = 2e-3) -> dict:  # 10 pairs with almost no noise
+        from embedsearch.ab import PairedBenchmark
+        return paired_record(PairedBenchmark(f"perf/b.py::{name}", {"base": 1, "head": 1}, 1, [
+            {"first": first, "base": [seconds], "head": [ratio * seconds * (1 + 1e-6 * (-1) ** i)]}
+            for i in range(5) for first in ("base", "head")]))
 
-    clear = [1.2, 1.21, 1.19, 1.2] * 5  # rejected at the first look
-    wide = [1.3, 0.95] * 10  # leaning slower, not rejected after six passes: undecided
-    record = {"settings": {"alpha_per_look": 1e-3, "min_effect": 0.05},
-              "benchmarks": [paired("clear", 1.2), paired("wide", 1.2), paired("same", 1.0)],
-              "confirmations": [[paired("clear", c), paired("wide", w)]
-                                for c, w in zip(clear, wide[:CONFIRMATIONS + MORE_CONFIRMATIONS])],
-              "comparisons": [{"name": "clear", "metric": "time", "verdict": "slower"},
-                              {"name": "wide", "metric": "time", "verdict": "slower"}]}
+    passes = CONFIRMATIONS + MORE_CONFIRMATIONS
+    ratios = {"tiny": [1.2, 1.21, 1.19] * 6, "between": [1.07 * 1.05, 1.07 / 1.05] * 9, "wide": [1.3, 0.95] * 9}
+    between = spread_passes(1.07, 0.05, CONFIRMATIONS)  # as its first six passes read
+    assert 0.05 / 3 < confirmed(between, between, True)[1] <= 2 * 0.05 / 3
+    record = {"settings": {"alpha_per_look": 1e-3, "min_effect": 0.05, "confirmations": CONFIRMATIONS,
+                           "more_confirmations": MORE_CONFIRMATIONS, "confirmation_pairs": 4},
+              "benchmarks": [paired("tiny", 1.2), paired("between", 1.2), paired("wide", 1.2), paired("same", 1.0),
+                             paired("test_matmul_gflops", 1.0), paired("fast", 1.0, 1e-4)],
+              "confirmations": [[paired(name, ratios[name][number]) for name in ratios
+                                 if number < CONFIRMATIONS or name != "tiny"] for number in range(passes)],
+              "comparisons": [{"name": name, "metric": "time", "verdict": "slower"} for name in ratios]}
     path = tmp_path / "run-01-slowdown-0.10.json"
     path.write_text(json.dumps(record))
     found = measure_gate.replay(path)
-    assert found["kept_timings"] == 2 * (CONFIRMATIONS + MORE_CONFIRMATIONS)
-    assert found["timings"] == 2 * CONFIRMATIONS + MORE_CONFIRMATIONS
-    assert found["alarms"] == found["kept_alarms"] == {"clear", "wide"} and found["slowed"] == {"clear", "wide", "same"}
-    record["confirmations"] = [[b for b in passed if b["name"].endswith("clear") or number < CONFIRMATIONS]
-                               for number, passed in enumerate(record["confirmations"])]
+    assert (found["kept_timings"], found["timings"]) == (3 * CONFIRMATIONS + 2 * MORE_CONFIRMATIONS,
+                                                         3 * CONFIRMATIONS + MORE_CONFIRMATIONS)
+    assert found["alarms"] == found["kept_alarms"] == set(ratios)
+    assert found["slowed"] == {"tiny", "between", "wide", "same"}  # not the calibration, not under 1 ms
+    record["confirmations"] = [[b for b in passed if not b["name"].endswith("wide")] if number >= CONFIRMATIONS
+                               else passed for number, passed in enumerate(record["confirmations"])]
     path.write_text(json.dumps(record))
     assert measure_gate.replay(path) is None  # "wide" needs the second look the run did not take
+    record["settings"]["more_confirmations"] = MORE_CONFIRMATIONS + 1
+    path.write_text(json.dumps(record))
+    assert measure_gate.replay(path) is None  # other pass counts than this checkout's

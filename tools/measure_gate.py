@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import (CONFIRMATIONS, MAX_PAIRS, PAIRS, ABResult, PairedBenchmark, Session, estimate, make_side,
-                            pass_estimates, run_ab, run_session, suspect_directions, time_comparisons, undecided,
-                            write_record)
+from embedsearch.ab import (CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult, estimate,
+                            make_side, paired_from_record, pass_estimates, run_ab, run_session, suspect_directions,
+                            time_comparisons, undecided, write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
 
@@ -61,10 +61,15 @@ def timed_run(output: Path, slowdown: float, pytest_args: list[str]) -> tuple[Ru
     return load_run(output), time.perf_counter() - started
 
 
+def is_slowed(name: str, base_seconds: float) -> bool:
+    """Whether a planted slowdown reaches a benchmark (`name`: its test, a node id's last part) and
+    its base median exceeds 1 ms: the benchmarks the catch rate counts."""
+    return not name.startswith(UNSLOWED) and base_seconds > 1e-3
+
+
 def slowed_names(result: ABResult) -> list[str]:
     """The paired benchmarks a planted slowdown reaches and whose base median exceeds 1 ms."""
-    return [c.name for c in result.report.comparisons
-            if c.metric == "time" and not c.name.startswith(UNSLOWED) and c.baseline > 1e-3]
+    return [c.name for c in result.report.comparisons if c.metric == "time" and is_slowed(c.name, c.baseline)]
 
 
 def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
@@ -117,7 +122,7 @@ def print_passes_summary(estimates: dict[str, list[dict]]) -> None:
     print(f"\n{'passes':>6} {'sd between':>10} {'rms s':>7} {'tau':>6}  benchmark (log-ratio, %)")
     excess = []
     for name, rows in sorted(estimates.items()):
-        if len(rows) < 2 or np.median([row["base_median"] for row in rows]) <= 1e-3 or name.split("::")[-1].startswith(UNSLOWED):
+        if len(rows) < 2 or not is_slowed(name.split("::")[-1], float(np.median([row["base_median"] for row in rows]))):
             continue
         log_ratios = np.array([row["log_ratio"] for row in rows])
         within = float(np.mean([row["standard_error"] ** 2 for row in rows]))
@@ -193,42 +198,37 @@ def print_ab_summary(record: dict) -> None:
             print(f"false alarm: {'; '.join(row['alarms'])}")
 
 
-def paired_benchmark(record: dict) -> PairedBenchmark:
-    """A benchmark's pairs as `embedsearch.ab.write_record` kept them."""
-    return PairedBenchmark(record["name"], record["iterations"], record["rounds_per_batch"], record["pairs"],
-                           record["warmup"])
-
-
 def replay(path: Path) -> dict | None:
     """One kept gate run re-judged with this checkout's rules, from its recorded pairs; None where it cannot be.
 
     The first pass and the first CONFIRMATIONS passes are kept as they are. Of the further passes,
-    only the benchmarks this checkout's `undecided` picks are kept: exact for a rule that picks
-    a subset of the recorded run's second look (the others' timings are dropped), impossible
-    (None) for one that wants a second look or a suspect the run did not time. Assumes the kept
-    benchmarks' passes would have read the same had their children timed fewer neighbours."""
+    only the benchmarks this checkout's `undecided` picks are kept: exact for rules that pick a
+    subset of the recorded run's suspects and second look (the others' timings are dropped);
+    None for a run whose pass counts differ from this checkout's, or where the rules want a
+    suspect or a second look the run did not time. Assumes the kept benchmarks' passes would
+    have read the same had their children timed fewer neighbours."""
     record = json.loads(path.read_text())
-    first = [paired_benchmark(b) for b in record["benchmarks"]]
-    recorded = [[paired_benchmark(b) for b in passed] for passed in record["confirmations"]]
     settings = record["settings"]
-    suspects = suspect_directions(Session(first, [], [], {}, settings["alpha_per_look"]), settings["min_effect"])
-    first_look = recorded[:CONFIRMATIONS]
-    if not set(suspects) <= {b.name for b in (first_look[0] if first_look else [])}:
+    if (settings["confirmations"], settings["more_confirmations"], settings["confirmation_pairs"]) != \
+            (CONFIRMATIONS, MORE_CONFIRMATIONS, CONFIRMATION_PAIRS):
+        return None
+    first = [paired_from_record(b) for b in record["benchmarks"]]
+    recorded = [[paired_from_record(b) for b in passed] for passed in record["confirmations"]]
+    suspects = suspect_directions(first, settings["min_effect"])
+    first_look = [[b for b in passed if b.name in suspects] for passed in recorded[:CONFIRMATIONS]] if suspects else []
+    if suspects and (len(first_look) < CONFIRMATIONS or any(len(passed) != len(suspects) for passed in first_look)):
         return None
     again = set(undecided(pass_estimates(first_look), suspects, settings["min_effect"])) if suspects else set()
-    if not again <= {b.name for b in (recorded[CONFIRMATIONS] if len(recorded) > CONFIRMATIONS else [])}:
+    second_look = [[b for b in passed if b.name in again] for passed in recorded[CONFIRMATIONS:]]
+    if again and (len(second_look) < MORE_CONFIRMATIONS or any(len(passed) != len(again) for passed in second_look)):
         return None
-    confirmations = [[b for b in passed if b.name in suspects] for passed in first_look]
-    if again:
-        confirmations += [[b for b in passed if b.name in again] for passed in recorded[CONFIRMATIONS:]]
-    short = {b.name: b.name.split("::")[-1] for b in first}  # the record's comparisons name a test by its last part
-    slowed = {short[b.name] for b in first if not short[b.name].startswith(UNSLOWED)
-              and float(np.median([np.median(pair["base"]) for pair in b.pairs])) > 1e-3}
+    confirmations = first_look + (second_look if again else [])
     comparisons = time_comparisons(first, settings["alpha_per_look"], confirmations, settings["min_effect"], {})
-    kept_alarms = {c["name"] for c in record["comparisons"] if c["metric"] == "time" and c["verdict"] == "slower"}
-    return {"alarms": {short[c.name] for c in comparisons if c.verdict == "slower"}, "slowed": slowed,
-            "kept_alarms": kept_alarms, "kept_timings": sum(map(len, recorded)),
-            "timings": sum(map(len, confirmations)), "kept_passes": len(recorded), "passes": len(confirmations)}
+    short = {c.name: c.name.split("::")[-1] for c in comparisons}  # as the record's comparisons name them
+    return {"alarms": {short[c.name] for c in comparisons if c.verdict == "slower"},
+            "slowed": {short[c.name] for c in comparisons if is_slowed(short[c.name], c.baseline)},
+            "kept_alarms": {c["name"] for c in record["comparisons"] if c["metric"] == "time" and c["verdict"] == "slower"},
+            "kept_timings": sum(map(len, recorded)), "timings": sum(map(len, confirmations))}
 
 
 def print_replay(folders: list[Path]) -> None:

@@ -31,8 +31,9 @@ benchmarking, Chromium Pinpoint):
    random layout padding (children of one template share its heap: a template serves one pass),
    and judged on those passes alone (`stats.across_passes`: a t-test over the
    passes' estimates, which carries each benchmark's own set-up-to-set-up spread). Suspects the
-   first look leaves `undecided` (still leaning, not yet rejected by Benjamini-Hochberg) get
-   MORE_CONFIRMATIONS passes and a second look; `confirmed` takes Bonferroni over the looks. The first pass only selects:
+   first look leaves `undecided` (still leaning, not yet rejected by Benjamini-Hochberg, or
+   rejected short of the minimum effect) get MORE_CONFIRMATIONS passes and a second look;
+   `confirmed` takes Bonferroni over the looks. The first pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
    of it, so each suspect's p-value holds whatever was selected. The slower suspects' p-values
    go through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
@@ -594,12 +595,17 @@ def confirmed(first_look: list[PairedEstimate], every_pass: list[PairedEstimate]
 
 def undecided(estimates: dict[str, list[PairedEstimate]], suspects: dict[str, bool], min_effect: float) -> list[str]:
     """Suspects that still lean their way beyond 1 + SUSPECT_SHARE x min_effect after the first look
-    without being rejected by Benjamini-Hochberg at ALPHA among their direction's suspects (those
-    timed in at least two passes), each at its first look's p-value times LOOKS.
+    and are either not rejected by Benjamini-Hochberg at ALPHA among their direction's suspects
+    (those timed in at least two passes; each at its first look's p-value times LOOKS) or
+    rejected with a ratio short of 1 + min_effect (so "unsure" unless more passes find it).
 
-    A suspect rejected here stays rejected after the second look (`time_comparisons`): a second
-    look can only lower the others' p-values, and Benjamini-Hochberg rejects more when p-values
-    fall. So the rule only decides who is worth more passes (README: "the second look")."""
+    A suspect rejected here stays rejected after the second look (`time_comparisons`): its own
+    p-value and the others' can only fall, and Benjamini-Hochberg rejects more when p-values
+    fall; one given no second look keeps its first look's estimate and verdict. The A/A bound
+    holds: against the rule that looks again at every suspect still leaning its way (whose final
+    p-values each depend on that suspect's passes only), the event "any rejection" is the same,
+    since where the first look rejects nothing both rules pick the same suspects, and where it
+    rejects one, both end with a rejection."""
     tests = {name: confirmed(found, found, suspects[name]) for name, found in estimates.items() if len(found) >= 2}
     names = []
     for direction in (True, False):
@@ -607,7 +613,7 @@ def undecided(estimates: dict[str, list[PairedEstimate]], suspects: dict[str, bo
         rejected = dict(zip(members, benjamini_hochberg([tests[name][1] for name in members], ALPHA)))
         for name in members:
             lean = math.log(tests[name][0].ratio) * (1 if direction else -1)
-            if lean > math.log1p(SUSPECT_SHARE * min_effect) and not rejected[name]:
+            if lean > math.log1p(SUSPECT_SHARE * min_effect) and (not rejected[name] or lean <= math.log1p(min_effect)):
                 names.append(name)
     return sorted(names)
 
@@ -642,7 +648,7 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     first = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, head_environment or {}, log)
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
-    suspects = suspect_directions(first, min_effect)
+    suspects = suspect_directions(first.paired, min_effect)
     confirmations = (run_confirmations(base, head, pytest_args, rng, suspects, min_effect, head_environment or {}, log)
                      if suspects else [])
     saved = []
@@ -665,11 +671,11 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                     first.removed, time.perf_counter() - started, saved, settings)
 
 
-def suspect_directions(session: Session, min_effect: float) -> dict[str, bool]:
+def suspect_directions(paired: list[PairedBenchmark], min_effect: float) -> dict[str, bool]:
     """The benchmarks whose first-pass ratio passes 1 + SUSPECT_SHARE x min_effect either way, each
     with whether it leans slower."""
     limit = 1 + SUSPECT_SHARE * min_effect
-    ratios = {b.name: estimate(b, session.alpha).ratio for b in session.paired}
+    ratios = {b.name: estimate(b, ALPHA).ratio for b in paired}  # the ratio does not depend on alpha
     return {name: ratio > 1 for name, ratio in ratios.items() if not 1 / limit <= ratio <= limit}
 
 
@@ -791,6 +797,12 @@ def pass_record(found: PairedEstimate) -> dict:
 def paired_record(benchmark: PairedBenchmark) -> dict:
     return {"name": benchmark.name, "iterations": benchmark.iterations,
             "rounds_per_batch": benchmark.rounds_per_batch, "warmup": benchmark.warmup, "pairs": benchmark.pairs}
+
+
+def paired_from_record(record: dict) -> PairedBenchmark:
+    """A benchmark's pairs as `paired_record` wrote them."""
+    return PairedBenchmark(record["name"], record["iterations"], record["rounds_per_batch"], record["pairs"],
+                           record["warmup"])
 
 
 def write_record(result: ABResult, path: Path) -> Path:
