@@ -17,6 +17,7 @@ from pytest_benchmark.utils import get_tag
 
 TIERS = ("smoke", "pr", "default", "full")  # perf/tiers.py defines each
 DEVICES = ("cpu", "cuda")
+PERF = Path(__file__).resolve().parent / "perf"
 
 
 def device_list(text: str) -> list[str]:
@@ -139,12 +140,11 @@ def check_output_folders(config: pytest.Config) -> None:
                 raise pytest.UsageError(f"{error} (checked before the run: it would fail only after the timing)") from None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With --benchmark only perf/ runs: the main job is the suite, not the unit tests."""
-    if not config.getoption("benchmark"):
-        return
-    perf = Path(__file__).resolve().parent / "perf"
-    deselected = [item for item in items if perf not in item.path.parents]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if perf in item.path.parents]
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With --benchmark only perf/ runs, so nothing else is even imported: the unit tests import
+    torchvision, scikit-learn and sympy, seconds of every start of a timed run or of an
+    `embedsearch ab` worker."""
+    if config.getoption("benchmark") and not (collection_path == PERF or PERF in collection_path.parents
+                                              or collection_path in PERF.parents):
+        return True
+    return None
