@@ -383,9 +383,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
     as above. c0 sits a little below the lowest k-th float32 score of OFFSET_SAMPLE sampled rows
     among the first OFFSET_SAMPLE vectors, so most rows' θ is >= +0 (the int16 pass). A row's
     first block sets θ from the k-th largest max over SEED_CHUNK columns (k distinct vectors
-    reach it); afterwards a row's candidates (t >= its θ at the time) are appended to its buffer
-    of capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
-    the one from their k-th best and those below θ go. More than capacity at or above θ: the row
+    reach it), or where the product took the CHUNK maxima (cuda's kernel), from the k-th largest
+    t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's candidates (t >= its θ at the time) are appended to its buffer of
+    capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
+    the one from their k-th best and those below θ go. A block in which more than capacity + 1
+    t reach a row's θ (a θ from earlier blocks far below this one's: vectors stored in class
+    order meet their class late) raises that row's θ to the one from the block's own k-th
+    largest t (`_block_kth`) and is selected again. More than capacity at or above θ: the row
     fails and is searched in float32 at the end; the others are re-ranked as above.
 
     Memory: the bf16 copy adds 2·ntotal·len(x') bytes (`nbytes`); a search reuses one bf16
@@ -412,7 +416,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
     # score rows are laid out at a multiple of it: on cuda, bf16 rows that are not 16-byte aligned
     # sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
     COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
-    SEED_CHUNK = 8  # columns per max for a row's first θ in all_pairs_search (smaller: a θ nearer the k-th)
+    SEED_CHUNK = 8  # all_pairs_search's first θ without the kernel's maxima: columns per max (smaller: nearer the k-th)
+    RESEED_ROWS = 1024  # rows of a block copied at once to raise a crowded row's θ without chunk maxima
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
     RERANK_PAIRS = 8192  # (query, candidate) pairs re-ranked at once: bounds the gathered vectors (12 MiB at d=384)
@@ -577,7 +582,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 new_scores = new_scores.float()
             else:
                 maxima, _ = self._product(scored_queries, block, scores, columns_too=False)
-                new_scores, new_ids = self._above_threshold(scores, maxima, theta, failed, capacity)
+                new_scores, new_ids = self._above_threshold(scores, maxima, theta, failed, capacity, k, bound, slack)
                 del maxima  # before the next block's are allocated
             merged_scores, order = torch.cat([kept_scores, new_scores], dim=1).sort(dim=1, descending=True)
             merged_ids = torch.cat([kept_ids, new_ids + x_start], dim=1).gather(1, order)
@@ -607,10 +612,11 @@ class TorchFlatBf16Index(TorchFlatIndex):
         return None, None
 
     def _above_threshold(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor,
-                         failed: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores >= θ of each row of one block (float32, -inf padded) and their columns."""
+                         failed: torch.Tensor, capacity: int, k: int, bound: torch.Tensor, slack: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores >= θ of each row of one block (float32, -inf padded) and their columns (`_select`)."""
         rows = scores.shape[0]
-        found_rows, found_columns, found_values = self._survivors(scores, maxima, theta, failed, capacity)
+        found_rows, found_columns, found_values = self._select(scores, maxima, theta, failed, capacity, k, bound, slack)
         counts = torch.bincount(found_rows, minlength=rows)
         positions = torch.arange(len(found_rows), device=self.device) - (counts.cumsum(0) - counts)[found_rows]
         width = int(counts.max()) if len(found_rows) else 0
@@ -832,16 +838,21 @@ class TorchFlatBf16Index(TorchFlatIndex):
             ids=torch.zeros((n, capacity), dtype=torch.int64, device=self.device))
 
     def _pair_offset(self, k: int, margins: torch.Tensor) -> float:
-        """c0: a bf16 value a little below the lowest k-th best float32 score of sampled rows among
-        the first OFFSET_SAMPLE vectors, so that most rows' θ is >= 0 (the int16 fast path)."""
+        """c0: a bf16 value a little below the lowest k-th best float32 score of OFFSET_SAMPLE evenly
+        spaced rows among themselves, so that most rows' θ is >= 0 (the int16 fast path).
+
+        Evenly spaced, not the first OFFSET_SAMPLE vectors: stored in class order (an ImageFolder's),
+        those are one class, which most rows score far below their own neighbours; c0 then sat so
+        low that every t near a row's k-th was large, and its bf16 rounding with it (w·|t|), and
+        rows of tight classes failed their certificate."""
         n = self.ntotal
-        sample_rows = torch.linspace(0, n - 1, min(n, self.OFFSET_SAMPLE), device=self.device).long().unique()
-        rows, columns = self._vectors[sample_rows], self._vectors[:self.OFFSET_SAMPLE]
-        scores = rows @ columns.T
+        sample = torch.linspace(0, n - 1, min(n, self.OFFSET_SAMPLE), device=self.device).long().unique()
+        vectors = self._vectors[sample]
+        scores = vectors @ vectors.T
         if self.metric == "l2":
-            scores -= self._half_norms[sample_rows, None] + self._half_norms[None, :self.OFFSET_SAMPLE]
-        kth = scores.topk(min(k, len(columns)), dim=1).values[:, -1].double()
-        offset = float(torch.nan_to_num(kth - 4 * margins[sample_rows], posinf=0.0, neginf=0.0).min())
+            scores -= self._half_norms[sample, None] + self._half_norms[None, sample]
+        kth = scores.topk(min(k, len(sample)), dim=1).values[:, -1].double()
+        offset = float(torch.nan_to_num(kth - 4 * margins[sample], posinf=0.0, neginf=0.0).min())
         return float(torch.tensor(offset).to(torch.bfloat16))
 
     def _collect(self, state: _PairState, scores: torch.Tensor, maxima: torch.Tensor | None, first_row: int,
@@ -853,9 +864,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
         unset = theta == -math.inf  # no threshold yet: this is the rows' first block
         if bool(unset.any()):
             if scores.shape[1] >= k:
-                # k chunks whose max reaches m hold k vectors with t >= m: θ from the k-th largest chunk max
-                seed_maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
-                seeded = self._threshold(seed_maxima.topk(k, dim=1).values[:, -1], state.bound[rows], state.slack[rows])
+                if maxima is not None and maxima.shape[1] >= k:  # the product took the CHUNK maxima
+                    kth = self._kth_in_top_chunks(scores, maxima, k)
+                else:  # k chunks whose max reaches m hold k vectors with t >= m: the k-th largest chunk max
+                    seed_maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
+                    kth = seed_maxima.topk(k, dim=1).values[:, -1]
+                seeded = self._threshold(kth, state.bound[rows], state.slack[rows])
                 theta[unset] = seeded[unset]
             else:  # too few columns for k chunks: take the block's best capacity + 1 (as a first block)
                 best_scores, best_columns = scores.topk(min(state.ids.shape[1] + 1, scores.shape[1]), dim=1)
@@ -864,8 +878,51 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 self._append(state, first_row, scores.shape[0], found_rows[keep], best_columns.flatten()[keep] + first_column,
                              best_scores.flatten()[keep], k)
                 return
-        found_rows, found_columns, found_values = self._survivors(scores, maxima, theta, failed, state.ids.shape[1])
+        found_rows, found_columns, found_values = self._select(scores, maxima, theta, failed, state.ids.shape[1], k,
+                                                               state.bound[rows], state.slack[rows])
         self._append(state, first_row, scores.shape[0], found_rows, found_columns + first_column, found_values, k)
+
+    def _select(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor, failed: torch.Tensor,
+                capacity: int, k: int, bound: torch.Tensor, slack: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_survivors` of one block, but a row that more than capacity + 1 of the block's t reach first has
+        its θ (updated in place) raised to the one from the block's k-th largest t, and is selected again.
+
+        Such a row's θ came from blocks far below this one: stored in class order (an ImageFolder's),
+        a query's or row's class sits in one or two blocks it meets late, and without this the
+        row failed and was searched in float32 (all pairs at ImageNet's shape: 95% of the rows)."""
+        failed_before = failed.clone()
+        found = self._survivors(scores, maxima, theta, failed, capacity)
+        crowded = (failed & ~failed_before).nonzero().flatten()
+        if len(crowded) and scores.shape[1] >= k:  # k distinct vectors of this block reach its k-th t
+            del found  # before the second selection's are allocated
+            raised = self._threshold(self._block_kth(scores, maxima, k, crowded), bound[crowded], slack[crowded])
+            theta[crowded] = torch.maximum(theta[crowded], raised)
+            failed[crowded] = False
+            found = self._survivors(scores, maxima, theta, failed, capacity)
+        return found
+
+    def _block_kth(self, scores: torch.Tensor, maxima: torch.Tensor | None, k: int, rows: torch.Tensor) -> torch.Tensor:
+        """The k-th largest t of some rows of a block (a transposed view too; at least k columns): from the
+        CHUNK maxima where the product took them, else from copies of RESEED_ROWS rows at a time."""
+        if maxima is not None and maxima.shape[1] >= k:
+            return self._kth_in_top_chunks(scores, maxima, k, rows)
+        return torch.cat([scores[group].topk(k, dim=1).values[:, -1] for group in rows.split(self.RESEED_ROWS)])
+
+    def _kth_in_top_chunks(self, scores: torch.Tensor, maxima: torch.Tensor, k: int,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Each row's (or the given rows') k-th largest t among the full CHUNKs of a block (a transposed view
+        too), from their maxima.
+
+        A chunk holding one of a row's k largest t has a max at least the k-th largest, and at most k
+        chunks hold them, so they are among the k chunks of largest max (whichever way ties fall, the
+        k-th largest t of those k chunks is a t of k distinct vectors). Only those k x CHUNK t are
+        read, not the whole block again (on an H100 that second pass, 8-column maxima, cost 0.28 s of
+        5.17 s at ImageNet's shape), and the seed is the exact k-th, so class-ordered rows, whose
+        near neighbours share a few chunks, still start with a tight θ."""
+        rows = torch.arange(len(scores), device=scores.device) if rows is None else rows
+        top_chunks = maxima[rows].topk(k, dim=1).indices
+        return self._chunks(scores)[rows[:, None], top_chunks].flatten(1).topk(k, dim=1).values[:, -1]
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
                 found_ids: torch.Tensor, found_values: torch.Tensor, k: int) -> None:

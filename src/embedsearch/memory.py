@@ -157,12 +157,12 @@ def bf16_search_model_bytes(index, nq: int, k: int) -> int:
     candidates = 4 * 12 * rows * (2 * capacity + 1 + index.CHUNK)
     kernel_maxima = 2 * rows * (columns // index.CHUNK) if maxima_kernel_available(index.device) else 0
     return (2 * 12 * nq * k + index.score_buffer_bytes(nq) + queries + candidates
-            + bf16_selection_bytes(rows, columns, capacity, index.CHUNK) + kernel_maxima
+            + bf16_selection_bytes(rows, columns, capacity, index.CHUNK, index.RESEED_ROWS) + kernel_maxima
             + bf16_rerank_bytes(index, rows, k) + RUNTIME_ALLOWANCE_BYTES)
 
 
-def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int) -> int:
-    """Bytes TorchFlatBf16Index._survivors allocates for one rows x columns bf16 block (or transposed view).
+def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int, reseed_rows: int) -> int:
+    """Bytes TorchFlatBf16Index._select allocates for one rows x columns bf16 block (or transposed view).
 
     Per chunk of chunk columns: its int16 max, the bool hit, a copy of the hits and the int64
     copy that summing bools makes (12 bytes). Rows whose θ is negative take the bf16 max over a
@@ -171,14 +171,19 @@ def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int) -> 
     values, their bool mask and the int64 copy that summing the mask makes (11·chunk bytes) plus
     44 bytes of indices. At most capacity + chunk survivors a row (capacity + 1 from the chunks,
     fewer than chunk from a last partial chunk), 94 bytes each (indices, values, the sort by row),
-    plus the last partial chunk's mask (2 bytes a value).
+    plus the last partial chunk's mask (2 bytes a value). Between two such selections, for rows
+    the first one crowded: the failed mask's copy and their ids (9 bytes a row), and the larger
+    of their top k chunks' ids, maxima, t and its top-k (k <= capacity: rows·capacity·(20 + 2·chunk))
+    and min(rows, reseed_rows) rows copied with their top-k.
     """
+    copied = min(rows, reseed_rows)
+    reseed = 9 * rows + max(rows * capacity * (20 + 2 * chunk), 2 * copied * columns + 10 * copied * capacity)
     chunks = columns // chunk
     maxima = 12 * rows * chunks + 16 * rows
     negative = 2 * rows * columns + 3 * rows * chunks
     hit_chunks = (11 * chunk + 44) * rows * (capacity + 1)
     survivors = 94 * rows * (capacity + chunk) + 2 * rows * chunk
-    return maxima + negative + hit_chunks + survivors
+    return maxima + negative + hit_chunks + max(survivors, reseed)
 
 
 def bf16_rerank_bytes(index, rows: int, k: int) -> int:
@@ -206,8 +211,9 @@ def all_pairs_model_bytes(index, k: int) -> int:
       residual and float64 norm passes (8·rows·d + 8·1024·d), and the sampled scores for c0;
     - scan: the two bf16 operand blocks (4·side·pair_columns); on cuda with Triton the chunk
       maxima of a block both ways (4·side·(side // chunk)); a row's first θ (bf16 maxima over
-      SEED_CHUNK columns, twice if topk copies them, and their top-k; or, where a block has
-      fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
+      SEED_CHUNK columns, twice if topk copies them, and their top-k; with the kernel's maxima,
+      the top k chunks' ids and maxima, their t and its top-k, side·k·(20 + 2·chunk); or, where
+      a block has fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
       selection of one side x side block (`bf16_selection_bytes`) and the append that follows:
       its survivors (at most capacity + chunk a row) with their ids and positions (113 bytes
       each) and a compaction of every row of the block (per row the new and held candidates
@@ -229,13 +235,14 @@ def all_pairs_model_bytes(index, k: int) -> int:
     bounds = 96 * n + 8 * rows * d + 8 * 1024 * d + 4 * sample * (d + 2 * sample)
     seed_chunk = max(1, min(index.SEED_CHUNK, side // k))
     seed_maxima = max(side // seed_chunk, 2 * k)  # a narrower last block (< 8k columns) has < 2k
-    seed = max(4 * side * seed_maxima + 10 * side * k, 48 * side * (capacity + 1)) + 64 * side
+    kernel_seed = side * k * (20 + 2 * chunk)
+    seed = max(4 * side * seed_maxima + 10 * side * k, 48 * side * (capacity + 1), kernel_seed) + 64 * side
     survivors = side * (capacity + chunk)
     compaction = side * (12 * (capacity + chunk) + 12 * capacity + 34 * (2 * capacity + chunk) + 64)
     append = 113 * survivors + compaction
     kernel_maxima = 4 * side * (side // chunk) if maxima_kernel_available(index.device) else 0
     scan = (4 * side * index.pair_columns + kernel_maxima + seed
-            + max(bf16_selection_bytes(side, side, capacity, chunk), append))
+            + max(bf16_selection_bytes(side, side, capacity, chunk, index.RESEED_ROWS), append))
     columns = min(index.database_block, n)
     fall_back_rows = min(rows, index.pair_buffer_bytes() // 4 // columns)
     database_blocks = -(-n // columns)
