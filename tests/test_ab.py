@@ -213,33 +213,38 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
     def session(ratios: dict[str, float]) -> Session:
         return Session([paired(f"perf/b.py::{name}", ratio) for name, ratio in ratios.items()], [], [], runs, 1e-3)
 
-    runs = {role: make_run({name: ([1.0], {}) for name in "xyzwv"}) for role in ("base", "head")}
-    first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8, "v": 0.8})
+    runs = {role: make_run({name: ([1.0], {}) for name in "xyzwvus"}) for role in ("base", "head")}
+    first = session({"x": 1.2, "y": 1.2, "z": 1.02, "w": 0.8, "v": 0.8, "u": 0.8, "s": 1.2})
     x_again, y_again = [1.2, 1.21, 1.19, 1.2], [1.0, 1.01, 0.99, 1.0]  # y: the first pass's 1.2 was its processes'
     v_again = [0.8, 0.79, 0.81, 0.8]
-    confirmations = [session({"x": x, "y": y, "v": v}).paired for x, y, v in zip(x_again, y_again, v_again)]
+    u_again = [1.2, 1.19, 1.21, 1.2]  # u: slower, though its first pass's processes made it read faster
+    s_again = [1.03, 1.031, 1.029, 1.03]  # s: surely slower, by less than the minimum effect
+    confirmations = [session({"x": x, "y": y, "v": v, "u": u, "s": s_}).paired
+                     for x, y, v, u, s_ in zip(x_again, y_again, v_again, u_again, s_again)]
     sides = [Side(role, role, role * 10, Path(".")) for role in ("base", "head")]
     report = judge(*sides, first, confirmations, 0.05, Thresholds())
     found = {c.name.split("::")[1]: c for c in report.comparisons}
     logs = np.log(x_again)
     half_width = 2.353363435 * logs.std(ddof=1) / 2  # t with 3 degrees of freedom, one-sided 0.05
-    x, y, z, w, v = (found[name] for name in "xyzwv")
+    x, y, z, w, v, u, s = (found[name] for name in "xyzwvus")
     assert (x.verdict, x.regression, x.pairs) == ("slower", True, 80)
     assert x.ratio == pytest.approx(math.exp(logs.mean())) and x.low == pytest.approx(math.exp(logs.mean() - half_width))
     assert [round(p.ratio, 4) for p in x.passes] == [1.2, *x_again]
     assert (y.verdict, y.regression) == ("same", False) and y.ratio == pytest.approx(1.0, abs=1e-4)
     assert (v.verdict, v.regression) == ("faster", False) and v.ratio == pytest.approx(math.exp(np.log(v_again).mean()))
+    assert (u.verdict, u.regression) == ("slower", True) and u.ratio == pytest.approx(math.exp(np.log(u_again).mean()))
+    assert (s.verdict, s.regression) == ("unsure", False) and s.ratio == pytest.approx(1.03, abs=1e-3)
     # without confirmation passes: judged on the first pass, which finds a benchmark neither slower nor faster
     assert (z.verdict, z.passes, w.verdict) == ("unsure", (), "unsure")
     assert "(passes 1.200, 1.200, 1.210, 1.190, 1.200)" in format_report(report)
     assert "-> REGRESSION" in format_report(report)
     # without confirmation passes nothing is slower, whatever the minimum effect
     from embedsearch.ab import time_comparisons
-    assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 5
+    assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 7
 
 
 def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either_way():
-    from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, suspect_directions
+    from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, suspect_names
 
     def paired(name: str, ratio: float) -> PairedBenchmark:
         return PairedBenchmark(name, {"base": 1, "head": 1}, 1, [
@@ -248,8 +253,7 @@ def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either
     limit = 1 + SUSPECT_SHARE * 0.05
     ratios = {"slower": limit * 1.001, "faster": 1 / (limit * 1.001), "inside": limit / 1.001,
               "inside_faster": 1.001 / limit}
-    assert suspect_directions([paired(name, ratio) for name, ratio in ratios.items()], 0.05) == {
-        "slower": True, "faster": False}
+    assert suspect_names([paired(name, ratio) for name, ratio in ratios.items()], 0.05) == ["slower", "faster"]
 
 
 def spread_passes(ratio: float, spread: float, count: int) -> list[PairedEstimate]:
@@ -284,24 +288,21 @@ def test_undecided_suspects_are_those_still_leaning_without_a_clear_verdict():
                  "small": spread_passes(1.01, 0.15, CONFIRMATIONS),  # leans below 2.5%: decided "same"
                  "wide_faster": spread_passes(1 / 1.10, 0.15, CONFIRMATIONS),
                  "clear_below": spread_passes(1.04, 0.001, CONFIRMATIONS)}  # significant short of 5%: more passes
-    directions = {"wide": True, "clear": True, "small": True, "wide_faster": False, "clear_below": True}
-    assert undecided(estimates, directions, 0.05) == ["clear_below", "wide", "wide_faster"]
+    assert undecided(estimates, 0.05) == ["clear_below", "wide", "wide_faster"]
     # Benjamini-Hochberg's level, not Bonferroni's: of 2 slower suspects, one with p between
     # alpha / 2 and alpha is rejected (decided) beside one with a tiny p; a suspect with one pass is left out
     between = spread_passes(1.07, 0.05, CONFIRMATIONS)
     assert 0.05 / 2 < confirmed(between, between, True)[1] < 0.05
     estimates = {"between": between, "clear": estimates["clear"], "one_pass": estimates["clear"][:1]}
-    directions = {"between": True, "clear": True, "one_pass": True}
-    assert undecided(estimates, directions, 0.05) == []
-    # each direction its own family: beside a faster suspect with a large p, "between" is judged
-    # alone (rank 1 of 1, line alpha); one family of both would need alpha / 2 of it
+    assert undecided(estimates, 0.05) == []
+    # every suspect is in both families: beside a suspect leaning faster (its "slower" p near 1),
+    # "between" is rank 1 of 2 in the slower family (line alpha / 2), so not rejected: undecided
     loose_faster = spread_passes(1 / 1.02, 0.2, CONFIRMATIONS)
-    assert confirmed(loose_faster, loose_faster, False)[1] > 0.05
-    assert undecided({"between": between, "loose_faster": loose_faster},
-                     {"between": True, "loose_faster": False}, 0.05) == []
+    assert confirmed(loose_faster, loose_faster, True)[1] > 0.05
+    assert undecided({"between": between, "loose_faster": loose_faster}, 0.05) == ["between"]
     weaker = spread_passes(1.06, 0.07, CONFIRMATIONS)  # p over alpha: undecided even alone
     assert confirmed(weaker, weaker, True)[1] > 0.05
-    assert undecided({"weaker": weaker}, {"weaker": True}, 0.05) == ["weaker"]
+    assert undecided({"weaker": weaker}, 0.05) == ["weaker"]
 
 
 def test_a_suspect_the_first_look_rejects_stays_rejected_after_the_second():
@@ -321,18 +322,17 @@ def test_a_suspect_the_first_look_rejects_stays_rejected_after_the_second():
     for _ in range(60):
         effects = {f"b{i}": rng.choice([1.0, 1.05, 1.10]) for i in range(8)}
         first = [paired(name, effect * (1.1 if rng.random() < 0.5 else 1 / 1.1)) for name, effect in effects.items()]
-        suspects = {b.name: estimate(b, 0.05).ratio > 1 for b in first}
         passes = [[paired(name, effect * math.exp(rng.normal(0, 0.06))) for name, effect in effects.items()]
                   for _ in range(CONFIRMATIONS)]
         first_look = {name: [estimate(b, 0.05) for passed in passes for b in passed if b.name == name]
                       for name in effects}
-        again = undecided(first_look, suspects, 0.05)
+        again = undecided(first_look, 0.05)
         second_looks += bool(again)
         passes += [[paired(name, effects[name] * math.exp(rng.normal(0, 0.06))) for name in again]
                    for _ in range(MORE_CONFIRMATIONS)] if again else []
         final = {c.name: c for c in time_comparisons(first, 1e-3, passes, 0.05, {})}
-        for direction in (True, False):
-            members = sorted(name for name in effects if suspects[name] == direction)
+        for direction in (True, False):  # each family holds every suspect
+            members = sorted(effects)
             tests = [confirmed(first_look[name], first_look[name], direction) for name in members]
             for name, rejected, (found, _) in zip(members, benjamini_hochberg([p for _, p in tests], 0.05), tests):
                 if rejected:
@@ -521,7 +521,7 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     monkeypatch.setattr(ab_module, "MORE_CONFIRMATIONS", 2)
     seen = []
 
-    def undecided(estimates, suspects, min_effect):
+    def undecided(estimates, min_effect):
         seen.append(sorted((name, len(found)) for name, found in estimates.items()))
         return [flat]
 
@@ -529,12 +529,12 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     root = Path(project["repository"])
     base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
     pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "-k", "test_brute_force and not bf16"]
-    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), {flat: True, torch_flat: True},
+    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), [flat, torch_flat],
                                          0.05, {}, lambda *line, **options: None)
     assert seen == [[(flat, ab_module.CONFIRMATIONS), (torch_flat, ab_module.CONFIRMATIONS)]]
     assert [sorted(b.name for b in passed) for passed in passes] == [[flat, torch_flat]] * ab_module.CONFIRMATIONS + [[flat]] * 2
-    monkeypatch.setattr(ab_module, "undecided", lambda estimates, suspects, min_effect: [])  # none: no second look
-    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), {flat: True}, 0.05, {},
+    monkeypatch.setattr(ab_module, "undecided", lambda estimates, min_effect: [])  # none: no second look
+    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), [flat], 0.05, {},
                                          lambda *line, **options: None)
     assert [[b.name for b in passed] for passed in passes] == [[flat]] * ab_module.CONFIRMATIONS
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.ab import (CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult, estimate,
-                            make_side, paired_from_record, pass_estimates, run_ab, run_session, suspect_directions,
+                            make_side, paired_from_record, pass_estimates, run_ab, run_session, suspect_names,
                             time_comparisons, undecided, write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
@@ -214,11 +214,11 @@ def replay(path: Path) -> dict | None:
         return None
     first = [paired_from_record(b) for b in record["benchmarks"]]
     recorded = [[paired_from_record(b) for b in passed] for passed in record["confirmations"]]
-    suspects = suspect_directions(first, settings["min_effect"])
+    suspects = set(suspect_names(first, settings["min_effect"]))
     first_look = [[b for b in passed if b.name in suspects] for passed in recorded[:CONFIRMATIONS]] if suspects else []
     if suspects and (len(first_look) < CONFIRMATIONS or any(len(passed) != len(suspects) for passed in first_look)):
         return None
-    again = set(undecided(pass_estimates(first_look), suspects, settings["min_effect"])) if suspects else set()
+    again = set(undecided(pass_estimates(first_look), settings["min_effect"])) if suspects else set()
     second_look = [[b for b in passed if b.name in again] for passed in recorded[CONFIRMATIONS:]]
     if again and (len(second_look) < MORE_CONFIRMATIONS or any(len(passed) != len(again) for passed in second_look)):
         return None

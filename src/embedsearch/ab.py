@@ -35,16 +35,18 @@ benchmarking, Chromium Pinpoint):
    rejected short of the minimum effect) get MORE_CONFIRMATIONS passes and a second look;
    `confirmed` takes Bonferroni over the looks. The first pass only selects:
    its estimate is biased upward by the selection, and the confirmation passes are independent
-   of it, so each suspect's p-value holds whatever was selected. The slower suspects' p-values
-   go through Benjamini-Hochberg at ALPHA: in an A/A run, where every suspect is a false one, the
-   chance of any false regression (exit 1) is at most ALPHA, assuming the suspects' tests
-   independent or positively dependent; with many real slowdowns it keeps more power than
-   Bonferroni. A regression needs rejection and a confirmed ratio above 1 + min_effect.
-   Improvements are confirmed the same way, in their own family (so an A/A run may also report a
-   false improvement, at most ALPHA more): a benchmark whose first-pass ratio is below
-   1 / (1 + SUSPECT_SHARE x min_effect) is a suspect too, tested one-sided for "faster" (an A/A
-   run of the pr tier reported 3 unconfirmed improvements, all process offsets). A benchmark
-   without confirmation passes is "same" or "unsure", never slower or faster.
+   of it, so each suspect's p-value holds whatever was selected. Every suspect is tested both
+   ways, whichever way its first pass leaned (that lean can be its pair of processes' offset: 7
+   of the 28 slowed benchmarks missed at 10% over 5646cd3's runs were suspects whose first pass
+   leaned faster, tested for "faster" only): one-sided for "slower" in the slower family and for
+   "faster" in the faster family, each family all the suspects, each through Benjamini-Hochberg
+   at ALPHA. In an A/A run, where every suspect is a false one, the chance of any false
+   regression (exit 1) is at most ALPHA, assuming the suspects' tests independent or positively
+   dependent; with many real slowdowns it keeps more power than Bonferroni. A regression needs
+   rejection and a confirmed ratio above 1 + min_effect; an improvement likewise in its family
+   (so an A/A run may also report a false improvement, at most ALPHA more; an A/A run of the pr
+   tier once reported 3 unconfirmed improvements, all process offsets). A benchmark without
+   confirmation passes is "same" or "unsure", never slower or faster.
 4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
    sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
    side only is a regression.
@@ -529,9 +531,9 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
     return Session(paired, added, removed, runs, alpha)
 
 
-def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: dict[str, bool],
+def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: list[str],
                       min_effect: float, head_environment: dict[str, str], log) -> list[list[PairedBenchmark]]:
-    """CONFIRMATIONS passes over the suspects (name: leans slower), then MORE_CONFIRMATIONS over those
+    """CONFIRMATIONS passes over the suspects, then MORE_CONFIRMATIONS over those
     still `undecided`, each pass by new template workers, one per side, that collect and fork one
     child, which sets everything up afresh with its own layout padding and runs the pass.
 
@@ -543,7 +545,7 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
     plan = list(suspects)
     for number in range(1, CONFIRMATIONS + MORE_CONFIRMATIONS + 1):
         if number == CONFIRMATIONS + 1:
-            again = set(undecided(pass_estimates(passes), suspects, min_effect))
+            again = set(undecided(pass_estimates(passes), min_effect))
             plan = [nodeid for nodeid in plan if nodeid in again]
             log(f"second look: {len(plan)} undecided suspect(s) get {MORE_CONFIRMATIONS} more passes"
                 + "".join(f"\n  {nodeid}" for nodeid in plan))
@@ -577,9 +579,9 @@ def pass_estimates(confirmations: list[list[PairedBenchmark]]) -> dict[str, list
 
 def confirmed(first_look: list[PairedEstimate], every_pass: list[PairedEstimate],
               slower: bool) -> tuple[PairedEstimate, float]:
-    """A suspect's one-sided p-value in the direction it leans over the looks taken (its estimates
-    from the first CONFIRMATIONS passes; from every pass, where it had more), the smaller look's
-    times LOOKS, with that look's estimate and interval.
+    """A suspect's one-sided p-value for "slower" (or, slower=False, "faster") over the looks taken (its
+    estimates from the first CONFIRMATIONS passes; from every pass, where it had more), the smaller
+    look's times LOOKS, with that look's estimate and interval.
 
     Bonferroni over the looks holds whatever rule chooses who is looked at again, assuming the
     further passes draw their offsets as the first ones did (they time only the undecided
@@ -593,28 +595,42 @@ def confirmed(first_look: list[PairedEstimate], every_pass: list[PairedEstimate]
     return found, min(1.0, LOOKS * p_value)
 
 
-def undecided(estimates: dict[str, list[PairedEstimate]], suspects: dict[str, bool], min_effect: float) -> list[str]:
-    """Suspects that still lean their way beyond 1 + SUSPECT_SHARE x min_effect after the first look
-    and are either not rejected by Benjamini-Hochberg at ALPHA among their direction's suspects
-    (those timed in at least two passes; each at its first look's p-value times LOOKS) or
-    rejected with a ratio short of 1 + min_effect (so "unsure" unless more passes find it).
+BothWays = dict[bool, tuple[PairedEstimate, float]]  # slower (True) and faster (False): `confirmed`'s estimate and p
+
+
+def rejections(tests: dict[str, BothWays]) -> dict[bool, dict[str, bool]]:
+    """Benjamini-Hochberg at ALPHA in the slower (True) and the faster (False) family, each of them
+    every suspect tested one-sided that way."""
+    names = sorted(tests)
+    return {slower: dict(zip(names, benjamini_hochberg([tests[name][slower][1] for name in names], ALPHA)
+                             if names else ())) for slower in (True, False)}
+
+
+def undecided(estimates: dict[str, list[PairedEstimate]], min_effect: float) -> list[str]:
+    """Suspects (those timed in at least two passes) whose first look leans either way beyond
+    1 + SUSPECT_SHARE x min_effect and is either not rejected by Benjamini-Hochberg in that way's
+    family (each at its first look's p-value times LOOKS) or rejected with a ratio short of
+    1 + min_effect (so "unsure" unless more passes find it).
 
     A suspect rejected here stays rejected after the second look (`time_comparisons`): its own
-    p-value and the others' can only fall, and Benjamini-Hochberg rejects more when p-values
-    fall; one given no second look keeps its first look's estimate and verdict. The A/A bound
-    holds: against the rule that looks again at every suspect still leaning its way (whose final
-    p-values each depend on that suspect's passes only), the event "any rejection" is the same,
-    since where the first look rejects nothing both rules pick the same suspects, and where it
-    rejects one, both end with a rejection."""
-    tests = {name: confirmed(found, found, suspects[name]) for name, found in estimates.items() if len(found) >= 2}
+    p-values and the others' can only fall, and Benjamini-Hochberg rejects more when p-values
+    fall; one given no second look keeps its first look's estimate and verdicts. The A/A bound
+    holds in each family: take the rule that looks again at every suspect leaning beyond the
+    limit (whose final p-values each depend on that suspect's passes only, so its families are
+    independent tests). Where this rule's first look rejects in a family, both rules end with a
+    rejection there; where it rejects nothing, this rule looks again at a subset of that rule's
+    suspects, so its final p-values are each at least that rule's, and it rejects only where
+    that rule does. Either way, "any rejection" under this rule implies it under the other."""
+    tests = {name: {slower: confirmed(found, found, slower) for slower in (True, False)}
+             for name, found in estimates.items() if len(found) >= 2}
+    rejected = rejections(tests)
     names = []
-    for direction in (True, False):
-        members = sorted(name for name in tests if suspects[name] == direction)
-        rejected = dict(zip(members, benjamini_hochberg([tests[name][1] for name in members], ALPHA)))
-        for name in members:
-            lean = math.log(tests[name][0].ratio) * (1 if direction else -1)
-            if lean > math.log1p(SUSPECT_SHARE * min_effect) and (not rejected[name] or lean <= math.log1p(min_effect)):
-                names.append(name)
+    for name, both_ways in tests.items():
+        ratio = both_ways[True][0].ratio  # one look: the same estimate both ways
+        lean = abs(math.log(ratio))
+        if lean > math.log1p(SUSPECT_SHARE * min_effect) and (not rejected[ratio > 1][name]
+                                                              or lean <= math.log1p(min_effect)):
+            names.append(name)
     return sorted(names)
 
 
@@ -648,7 +664,7 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
     first = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, head_environment or {}, log)
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
-    suspects = suspect_directions(first.paired, min_effect)
+    suspects = suspect_names(first.paired, min_effect)
     confirmations = (run_confirmations(base, head, pytest_args, rng, suspects, min_effect, head_environment or {}, log)
                      if suspects else [])
     saved = []
@@ -671,12 +687,11 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                     first.removed, time.perf_counter() - started, saved, settings)
 
 
-def suspect_directions(paired: list[PairedBenchmark], min_effect: float) -> dict[str, bool]:
-    """The benchmarks whose first-pass ratio passes 1 + SUSPECT_SHARE x min_effect either way, each
-    with whether it leans slower."""
+def suspect_names(paired: list[PairedBenchmark], min_effect: float) -> list[str]:
+    """The benchmarks whose first-pass ratio passes 1 + SUSPECT_SHARE x min_effect either way."""
     limit = 1 + SUSPECT_SHARE * min_effect
     ratios = {b.name: estimate(b, ALPHA).ratio for b in paired}  # the ratio does not depend on alpha
-    return {name: ratio > 1 for name, ratio in ratios.items() if not 1 / limit <= ratio <= limit}
+    return [name for name, ratio in ratios.items() if not 1 / limit <= ratio <= limit]
 
 
 def estimate(benchmark: "PairedBenchmark", alpha: float) -> PairedEstimate:
@@ -688,32 +703,32 @@ def time_comparisons(first: list[PairedBenchmark], first_alpha: float, confirmat
                      min_effect: float, names: dict[str, str]) -> list[Comparison]:
     """The time verdict of every first-pass benchmark (module docstring, step 3).
 
-    A benchmark timed in at least two confirmation passes is judged on them (`confirmed`: one-sided
-    in the direction its first pass leaned, over one or two looks), Benjamini-Hochberg at ALPHA
-    within each direction (the slower family decides the exit code). Any other benchmark is judged
-    on its first pass's pairs (`first_alpha` per look), which can find it neither slower nor
+    A benchmark timed in at least two confirmation passes is judged on them (`confirmed`, both
+    ways, over one or two looks), Benjamini-Hochberg at ALPHA within each way's family
+    (`rejections`; the slower family decides the exit code). Any other benchmark is judged on
+    its first pass's pairs (`first_alpha` per look), which can find it neither slower nor
     faster: "unsure" at most."""
     first_look = pass_estimates(confirmations[:CONFIRMATIONS])
     estimates = {name: found for name, found in pass_estimates(confirmations).items()
                  if len(first_look.get(name, ())) >= 2}
-    slower_suspects = {b.name for b in first if b.name in estimates and estimate(b, first_alpha).ratio > 1}
-    tests = {name: confirmed(first_look[name], found, name in slower_suspects) for name, found in estimates.items()}
-    rejected = {}
-    for family in (slower_suspects, set(tests) - slower_suspects):
-        members = sorted(family)
-        rejected.update(zip(members, benjamini_hochberg([tests[name][1] for name in members], ALPHA))
-                        if members else ())
+    tests = {name: {slower: confirmed(first_look[name], found, slower) for slower in (True, False)}
+             for name, found in estimates.items()}
+    rejected = rejections(tests)
     comparisons = []
     for benchmark in first:
         name = names.get(benchmark.name, benchmark.name)
         base_median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
         head_median = float(np.median([np.median(pair["head"]) for pair in benchmark.pairs]))
         if benchmark.name in tests:
-            found = tests[benchmark.name][0]
-            verdict = ("same" if not rejected[benchmark.name] else
-                       "slower" if benchmark.name in slower_suspects and found.ratio > 1 + min_effect else
-                       "faster" if benchmark.name not in slower_suspects and found.ratio < 1 / (1 + min_effect) else
-                       "unsure")
+            both_ways = tests[benchmark.name]
+            slower, faster = rejected[True][benchmark.name], rejected[False][benchmark.name]
+            # the estimate of the way rejected (slower where both were), else of the way with the smaller p
+            way = slower if slower or faster else both_ways[True][1] <= both_ways[False][1]
+            found = both_ways[way][0]
+            verdict = ("unsure" if slower and faster else  # the two looks disagree
+                       "slower" if slower and found.ratio > 1 + min_effect else
+                       "faster" if faster and found.ratio < 1 / (1 + min_effect) else
+                       "unsure" if slower or faster else "same")
             passes = (estimate(benchmark, ALPHA), *estimates[benchmark.name])
         else:
             found = estimate(benchmark, first_alpha)

@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "a benchmark whose first-pass ratio passes half the minimum effect either way is timed again by "
                     f"{CONFIRMATIONS} passes of forked workers that set up afresh, {MORE_CONFIRMATIONS} more where those "
                     "leave it undecided, and judged on those (t over the passes, Bonferroni over the two looks, "
-                    "Benjamini-Hochberg at 5% per direction): the first pass alone never says slower or faster. Peak memory, "
+                    "each tested both ways, Benjamini-Hochberg at 5% in each): the first pass alone never says slower or faster. Peak memory, "
                     "index bytes, recall, accuracy and scaling exponents use the stored-baseline gate's tolerances. "
                     "PYTEST_ARGS select and size the benchmarks as for pytest --benchmark (-k, --perf-tier, ...). "
                     "Exit 0: no regression; 1: regression; 2: bad input.")

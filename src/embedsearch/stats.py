@@ -132,7 +132,8 @@ def across_passes(passes: list[PairedEstimate], alpha: float) -> tuple[PairedEst
 
     degrees = len(passes) - 1
     half_width = float(student_t.ppf(1 - alpha, degrees)) * standard_error
-    p_slower = float(student_t.sf(mean / standard_error, degrees)) if standard_error > 0 else float(mean <= 0)
+    p_slower = float(student_t.sf(mean / standard_error, degrees)) if standard_error > 0 else (
+        0.5 if mean == 0 else float(mean < 0))
     found = PairedEstimate(sum(found.pairs for found in passes), math.exp(mean), math.exp(mean - half_width),
                            math.exp(mean + half_width), standard_error)
     return found, p_slower
