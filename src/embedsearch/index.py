@@ -324,9 +324,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
     Scores. s(x) = q·x (ip), or q·x - |x|²/2 (l2, which ranks as -|q - x|²). Beside its float32
     vectors the index stores x' = [bf16(x), 1, -h1, -h2] (ip: [bf16(x), 1]), h = |x|²/2 in
     float64, h1 = bf16(h), h2 = bf16(h - h1). A query becomes q' = [bf16(q), -c, 1, 1], c a bf16
-    offset: the best float32 score over OFFSET_SAMPLE stored vectors, so that scores near the cut
-    are small numbers and their bf16 rounding is fine. bf16 subnormals are flushed to zero in
-    both (bf16 dot-product units treat them as zero). One matrix product per block gives
+    offset: a little below the k-th best float32 score over OFFSET_SAMPLE evenly spaced stored
+    vectors, so that scores near the cut are small numbers and their bf16 rounding is fine. bf16
+    subnormals are flushed to zero in both (bf16 dot-product units treat them as zero). One matrix product per block gives
     t(x) = bf16(q'·x'), accumulated in float32 (checked by tests/test_index.py).
 
     Error bound, per query, for every stored x: |t(x) - (s(x) - c)| <= w·|t(x)| + E, where
@@ -380,8 +380,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
     max|bf16(x)| + |c0| + |h1_i| + |h2_i| + max(|h1| + |h2|)), a bound that holds for i's row
     and, written with j, for j's row. So E per stored vector bounds every t it takes part in, as
     a row or as a column, and θ, the running candidates and the float32 fall-back per row follow
-    as above. c0 sits a little below the lowest k-th float32 score of OFFSET_SAMPLE sampled rows
-    among the first OFFSET_SAMPLE vectors, so most rows' θ is >= +0 (the int16 pass). A row's
+    as above. c0 sits a little below the lowest k-th float32 score of OFFSET_SAMPLE evenly spaced
+    vectors among themselves, so most rows' θ is >= +0 (the int16 pass). A row's
     first block sets θ from the k-th largest max over SEED_CHUNK columns (k distinct vectors
     reach it), or where the product took the CHUNK maxima (cuda's kernel), from the k-th largest
     t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's candidates (t >= its θ at the time) are appended to its buffer of
@@ -532,12 +532,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
                     + self._max_half_norm_error)
         magnitude = _norms64(queries) * self._max_norm + (self._max_norm ** 2 if self.metric == "l2" else 0.0)
         slack = 2 * _gamma(self.d + 2, FLOAT32_UNIT) * magnitude * self.FLOAT64_SLACK
-        # Offset c: a little below the k-th best float32 score of the first stored vectors, so that
-        # θ lands just above 0 after the first block (any c keeps the bound valid).
-        sample = self._vectors[:self.OFFSET_SAMPLE]
-        sample_scores = queries @ sample.T
+        # Offset c: a little below the k-th best float32 score among evenly spaced stored vectors, so
+        # that θ lands just above 0 after the first block (any c keeps the bound valid).
+        sample = self._offset_sample()
+        sample_scores = queries @ self._vectors[sample].T
         if self.metric == "l2":
-            sample_scores -= self._half_norms[:self.OFFSET_SAMPLE]
+            sample_scores -= self._half_norms[sample]
         sample_kth = sample_scores.topk(min(k, len(sample)), dim=1).values[:, -1].double()
         offsets = torch.nan_to_num(sample_kth - 4 * (operands + slack), posinf=0.0, neginf=0.0)
         scored = torch.zeros((len(queries), self.scored_columns), dtype=torch.bfloat16, device=self.device)
@@ -837,16 +837,17 @@ class TorchFlatBf16Index(TorchFlatIndex):
             scores=torch.full((n, capacity), -math.inf, device=self.device),
             ids=torch.zeros((n, capacity), dtype=torch.int64, device=self.device))
 
-    def _pair_offset(self, k: int, margins: torch.Tensor) -> float:
-        """c0: a bf16 value a little below the lowest k-th best float32 score of OFFSET_SAMPLE evenly
-        spaced rows among themselves, so that most rows' θ is >= 0 (the int16 fast path).
-
-        Evenly spaced, not the first OFFSET_SAMPLE vectors: stored in class order (an ImageFolder's),
-        those are one class, which most rows score far below their own neighbours; c0 then sat so
-        low that every t near a row's k-th was large, and its bf16 rounding with it (w·|t|), and
-        rows of tight classes failed their certificate."""
+    def _offset_sample(self) -> torch.Tensor:
+        """Ids of OFFSET_SAMPLE evenly spaced stored vectors (all of them if fewer), which the offsets are
+        taken from: not the first ones, which in class order (an ImageFolder's) are one class, whose
+        scores sit far below most queries' neighbours, so that c, and every t near the k-th, was large."""
         n = self.ntotal
-        sample = torch.linspace(0, n - 1, min(n, self.OFFSET_SAMPLE), device=self.device).long().unique()
+        return torch.linspace(0, n - 1, min(n, self.OFFSET_SAMPLE), device=self.device).long().unique()
+
+    def _pair_offset(self, k: int, margins: torch.Tensor) -> float:
+        """c0: a bf16 value a little below the lowest k-th best float32 score of the `_offset_sample` rows
+        among themselves, so that most rows' θ is >= 0 (the int16 fast path)."""
+        sample = self._offset_sample()
         vectors = self._vectors[sample]
         scores = vectors @ vectors.T
         if self.metric == "l2":
@@ -895,11 +896,14 @@ class TorchFlatBf16Index(TorchFlatIndex):
         found = self._survivors(scores, maxima, theta, failed, capacity)
         crowded = (failed & ~failed_before).nonzero().flatten()
         if len(crowded) and scores.shape[1] >= k:  # k distinct vectors of this block reach its k-th t
-            del found  # before the second selection's are allocated
             raised = self._threshold(self._block_kth(scores, maxima, k, crowded), bound[crowded], slack[crowded])
-            theta[crowded] = torch.maximum(theta[crowded], raised)
-            failed[crowded] = False
-            found = self._survivors(scores, maxima, theta, failed, capacity)
+            rising = raised > theta[crowded]  # the others would crowd again: they stay failed
+            crowded, raised = crowded[rising], raised[rising]
+            if len(crowded):
+                del found  # before the second selection's are allocated
+                theta[crowded] = raised
+                failed[crowded] = False
+                found = self._survivors(scores, maxima, theta, failed, capacity)
         return found
 
     def _block_kth(self, scores: torch.Tensor, maxima: torch.Tensor | None, k: int, rows: torch.Tensor) -> torch.Tensor:
@@ -917,11 +921,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
         A chunk holding one of a row's k largest t has a max at least the k-th largest, and at most k
         chunks hold them, so they are among the k chunks of largest max (whichever way ties fall, the
         k-th largest t of those k chunks is a t of k distinct vectors). Only those k x CHUNK t are
-        read, not the whole block again (on an H100 that second pass, 8-column maxima, cost 0.28 s of
-        5.17 s at ImageNet's shape), and the seed is the exact k-th, so class-ordered rows, whose
-        near neighbours share a few chunks, still start with a tight θ."""
+        read, not the whole block again (8-column maxima: on an H100, all pairs at ImageNet's shape
+        took 5.17 s with that second pass and 4.89 s without, medians of 5 rounds), and the seed is
+        the block's k-th over its full chunks, so class-ordered rows, whose near neighbours share a
+        few chunks, still start with a tight θ."""
+        top_chunks = (maxima if rows is None else maxima[rows]).topk(k, dim=1).indices
         rows = torch.arange(len(scores), device=scores.device) if rows is None else rows
-        top_chunks = maxima[rows].topk(k, dim=1).indices
         return self._chunks(scores)[rows[:, None], top_chunks].flatten(1).topk(k, dim=1).values[:, -1]
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,

@@ -171,19 +171,19 @@ def bf16_selection_bytes(rows: int, columns: int, capacity: int, chunk: int, res
     values, their bool mask and the int64 copy that summing the mask makes (11·chunk bytes) plus
     44 bytes of indices. At most capacity + chunk survivors a row (capacity + 1 from the chunks,
     fewer than chunk from a last partial chunk), 94 bytes each (indices, values, the sort by row),
-    plus the last partial chunk's mask (2 bytes a value). Between two such selections, for rows
-    the first one crowded: the failed mask's copy and their ids (9 bytes a row), and the larger
-    of their top k chunks' ids, maxima, t and its top-k (k <= capacity: rows·capacity·(20 + 2·chunk))
-    and min(rows, reseed_rows) rows copied with their top-k.
+    plus the last partial chunk's mask (2 bytes a value). Throughout, the failed mask's copy, the
+    crowded rows' ids and new θ (11 bytes a row); between two selections, for the crowded rows,
+    the larger of their top k chunks' ids, maxima, t and its top-k (k <= capacity:
+    rows·capacity·(20 + 2·chunk)) and min(rows, reseed_rows) rows copied with their top-k.
     """
     copied = min(rows, reseed_rows)
-    reseed = 9 * rows + max(rows * capacity * (20 + 2 * chunk), 2 * copied * columns + 10 * copied * capacity)
+    reseed = max(rows * capacity * (20 + 2 * chunk), 2 * copied * columns + 10 * copied * capacity)
     chunks = columns // chunk
     maxima = 12 * rows * chunks + 16 * rows
     negative = 2 * rows * columns + 3 * rows * chunks
     hit_chunks = (11 * chunk + 44) * rows * (capacity + 1)
     survivors = 94 * rows * (capacity + chunk) + 2 * rows * chunk
-    return maxima + negative + hit_chunks + max(survivors, reseed)
+    return maxima + negative + hit_chunks + max(survivors, reseed) + 11 * rows
 
 
 def bf16_rerank_bytes(index, rows: int, k: int) -> int:
@@ -212,7 +212,7 @@ def all_pairs_model_bytes(index, k: int) -> int:
     - scan: the two bf16 operand blocks (4·side·pair_columns); on cuda with Triton the chunk
       maxima of a block both ways (4·side·(side // chunk)); a row's first θ (bf16 maxima over
       SEED_CHUNK columns, twice if topk copies them, and their top-k; with the kernel's maxima,
-      the top k chunks' ids and maxima, their t and its top-k, side·k·(20 + 2·chunk); or, where
+      the top k chunks' ids and maxima values, their t and its top-k, side·k·(20 + 2·chunk); or, where
       a block has fewer than k columns, its top capacity + 1, 48 bytes each); then the larger of the
       selection of one side x side block (`bf16_selection_bytes`) and the append that follows:
       its survivors (at most capacity + chunk a row) with their ids and positions (113 bytes
