@@ -113,12 +113,12 @@ def test_a_gate_run_of_true_nulls_with_process_offsets_alarms_within_alpha():
     # stay within alpha (100 expected at alpha, binomial sd 10; Bonferroni over the looks makes fewer)
     offsets = {"small": 0.01, "medium": 0.04, "large": 0.12}
     alarmed = sum(any(benjamini_hochberg(list(p_values(1.0, offsets).values()), alpha)) for _ in range(2000))
-    assert alarmed == 71
+    assert alarmed == 62
     # 10% slower with a 3% offset: found in every run; with an offset as wide as FAISS Flat's (15%,
     # normal here), in 71% of runs (seeded), where CONFIRMATIONS passes alone find it in 38%
     assert sum(p_values(1.10, {"one": 0.03})["one"] <= alpha for _ in range(500)) == 500
-    assert sum(p_values(1.10, {"one": 0.15})["one"] <= alpha for _ in range(500)) == 353
-    assert sum(across_passes(passes(1.10, 0.15, CONFIRMATIONS), alpha)[1] <= alpha for _ in range(500)) == 189
+    assert sum(p_values(1.10, {"one": 0.15})["one"] <= alpha for _ in range(500)) == 357
+    assert sum(across_passes(passes(1.10, 0.15, CONFIRMATIONS), alpha)[1] <= alpha for _ in range(500)) == 192
 
 
 @pytest.mark.parametrize("base_first, head_first, alpha", [
