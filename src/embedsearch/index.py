@@ -326,7 +326,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
     float64, h1 = bf16(h), h2 = bf16(h - h1). A query becomes q' = [bf16(q), -c, 1, 1], c a bf16
     offset: a little below the k-th best float32 score over OFFSET_SAMPLE evenly spaced stored
     vectors, so that scores near the cut are small numbers and their bf16 rounding is fine. bf16
-    subnormals are flushed to zero in both (bf16 dot-product units treat them as zero). One matrix product per block gives
+    subnormals are flushed to zero in both (bf16 dot-product units treat them as zero). One
+    matrix product per block gives
     t(x) = bf16(q'·x'), accumulated in float32 (checked by tests/test_index.py).
 
     Error bound, per query, for every stored x: |t(x) - (s(x) - c)| <= w·|t(x)| + E, where
@@ -384,8 +385,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
     vectors among themselves, so most rows' θ is >= +0 (the int16 pass). A row's
     first block sets θ from the k-th largest max over SEED_CHUNK columns (k distinct vectors
     reach it), or where the product took the CHUNK maxima (cuda's kernel), from the k-th largest
-    t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's candidates (t >= its θ at the time) are appended to its buffer of
-    capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
+    t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's candidates
+    (t >= its θ at the time) are appended to its buffer of capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
     the one from their k-th best and those below θ go. A block in which more than capacity + 1
     t reach a row's θ (a θ from earlier blocks far below this one's: vectors stored in class
     order meet their class late) raises that row's θ to the one from the block's own k-th
@@ -922,7 +923,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
         chunks hold them, so they are among the k chunks of largest max (whichever way ties fall, the
         k-th largest t of those k chunks is a t of k distinct vectors). Only those k x CHUNK t are
         read, not the whole block again (8-column maxima: on an H100, all pairs at ImageNet's shape
-        took 5.17 s with that second pass and 4.89 s without, medians of 5 rounds), and the seed is
+        took 5.17 s with that second pass, and 4.89 s seeded from the k-th largest 64-column max
+        instead, medians of 5 rounds; README), and the seed is
         the block's k-th over its full chunks, so class-ordered rows, whose near neighbours share a
         few chunks, still start with a tight θ."""
         top_chunks = (maxima if rows is None else maxima[rows]).topk(k, dim=1).indices
