@@ -1,6 +1,7 @@
 """Leave-one-out kNN search at the Tiny ImageNet shape (100k x 384, k=20): Flat vs TorchFlat.bf16, interleaved.
 
     python tools/measure_leave_one_out.py [--n 100000] [--rounds 2] [--ties] [--pair-block ROWS] [--phases] [--memory]
+                                        [--class-order]
 
 On the `embedding` synthetic preset (ip, 2 threads), each round times in turn: FAISS Flat's
 leave-one-out, TorchFlat.bf16 searching the vectors as queries (`search`, k + 1: the path before
@@ -8,7 +9,8 @@ all pairs) and TorchFlat.bf16's leave-one-out (`all_pairs_search`: each block pa
 Prints each time, then the median seconds per backend, their ratios, the certified fractions and
 the share of ids equal to Flat's. --ties checks every row where Flat and all pairs differ: are
 the differing neighbours' float64 scores tied? --pair-block sets all pairs' block rows (default:
-the index's, 4096 on cpu).
+the index's, 4096 on cpu). --class-order stores the vectors sorted by class, as an ImageFolder
+lists them (so as `embedsearch run` embeds them), instead of shuffled.
 
 --phases then runs all pairs and the search path once more each under cProfile with
 time.process_time as its clock (CPU seconds of the process, both threads summed) and prints each
@@ -87,12 +89,17 @@ def main() -> None:
     parser.add_argument("--pair-block", type=int, help="rows of all pairs' square blocks (default: the index's)")
     parser.add_argument("--phases", action="store_true", help="CPU seconds per phase of all pairs and search")
     parser.add_argument("--memory", action="store_true", help="all pairs' memray peak against its memory model")
+    parser.add_argument("--class-order", action="store_true", help="store the vectors sorted by class")
     args = parser.parse_args()
     if args.pair_block is not None and args.pair_block < 1:
         parser.error(f"--pair-block={args.pair_block}: expected a positive number of rows")
     faiss.omp_set_num_threads(2)
     torch.set_num_threads(2)
-    vectors = synthetic_embeddings("embedding", args.n, 0, 384, 200, seed=0).train_vectors
+    split = synthetic_embeddings("embedding", args.n, 0, 384, 200, seed=0)
+    vectors = split.train_vectors
+    if args.class_order:
+        vectors = vectors[np.argsort(split.train_labels, kind="stable")]
+    del split
     seconds = {backend: [] for backend in BACKENDS}
     for round_number in range(args.rounds):
         flat_build, flat = timed(lambda: build_index("Flat", vectors, metric="ip"))
@@ -110,7 +117,8 @@ def main() -> None:
         print(f"round {round_number}: build Flat {flat_build:.2f} s, TorchFlat.bf16 {bf16_build:.2f} s; "
               + ", ".join(f"{backend} {seconds[backend][-1]:.2f} s" for backend in BACKENDS), flush=True)
     medians = {backend: statistics.median(times) for backend, times in seconds.items()}
-    print(f"\nleave-one-out, n={args.n}, d=384, k={K}, ip, 2 threads, median of {args.rounds} rounds:")
+    print(f"\nleave-one-out, n={args.n}, d=384, k={K}, ip, {'class order' if args.class_order else 'shuffled'}, "
+          f"2 threads, median of {args.rounds} rounds:")
     for backend in BACKENDS:
         print(f"  {backend}: {medians[backend]:.2f} s")
     print(f"  ratio Flat / TorchFlat.bf16 search: {medians['Flat'] / medians['TorchFlat.bf16 search']:.2f}")
