@@ -36,7 +36,7 @@ _queries_per_s: dict[tuple[str, int], float] = {}  # (scaling, workers) -> Ray q
 def cluster_cpus():
     """CPUs of the Ray cluster: the one this session already uses, else a local one started here and
     shut down after this module: a local cluster left running takes CPU time from every later
-    benchmark (README "The A/B gate": process-to-process noise)."""
+    benchmark (docs/ab-gate.md: "A Ray cluster ran beside the later benchmarks")."""
     started_here = not ray.is_initialized()
     yield int(connect().cluster_resources().get("CPU", 0))
     if started_here:

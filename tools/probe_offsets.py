@@ -1,4 +1,4 @@
-"""Probe where the A/B gate's process offsets come from (README: "Process offsets, measured").
+"""Probe where the A/B gate's process offsets come from (docs/ab-gate.md: "Process offsets, measured").
 
     python tools/probe_offsets.py cpus [--rounds 10]
     python tools/probe_offsets.py fork [--templates 6] [--passes 5]
