@@ -243,6 +243,26 @@ def test_judge_decides_suspects_on_their_confirmation_passes_and_others_on_the_f
     assert [c.verdict for c in time_comparisons(first.paired, 1e-3, [], 0.01, {})] == ["unsure"] * 7
 
 
+def test_wall_time_summary_splits_the_run_into_the_first_pass_and_each_looks_passes():
+    from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS, ABResult, wall_time_summary
+
+    def result(confirmations: list[list[str]], pass_seconds: list[float]) -> ABResult:
+        return ABResult(base=None, head=None, report=None, benchmarks=[], confirmations=confirmations, added=[],
+                        removed=[], seconds=500.0, first_pass_seconds=147.0, pass_seconds=pass_seconds, saved=[],
+                        settings={})
+
+    first_look = [25.0, 28.0] + [26.0] * (CONFIRMATIONS - 2)
+    second_look = [10.0] * (MORE_CONFIRMATIONS - 1) + [13.0]
+    both_looks = result([["a", "b"]] * CONFIRMATIONS + [["a"]] * MORE_CONFIRMATIONS, first_look + second_look)
+    first_look_line = f"first look {CONFIRMATIONS} passes of 2 suspect(s), {sum(first_look):.0f} s (25-28 s each)"
+    assert wall_time_summary(both_looks) == (
+        f"500 s: first pass 147 s; {first_look_line}; second look {MORE_CONFIRMATIONS} passes of 1 suspect(s), "
+        f"{sum(second_look):.0f} s (10-13 s each)")
+    no_second_look = result([["a", "b"]] * CONFIRMATIONS, first_look)
+    assert wall_time_summary(no_second_look) == f"500 s: first pass 147 s; {first_look_line}"
+    assert wall_time_summary(result([], [])) == "500 s: first pass 147 s"
+
+
 def test_suspects_are_the_benchmarks_beyond_a_share_of_the_minimum_effect_either_way():
     from embedsearch.ab import SUSPECT_SHARE, PairedBenchmark, suspect_names
 
@@ -421,12 +441,16 @@ def test_ab_catches_a_slower_search_and_passes_unchanged_code(project, tmp_path)
     assert f"embedsearch from {project['repository']}/.git/embedsearch-ab/{project['slower']}/src/embedsearch" in out
     import json
 
-    pairs = json.loads(record.read_text())["benchmarks"][0]["pairs"]
+    kept = json.loads(record.read_text())
+    pairs = kept["benchmarks"][0]["pairs"]
     assert len(pairs) >= 6 and {"first", "base", "head"} <= set(pairs[0])
     from embedsearch.ab import CONFIRMATION_PAIRS, CONFIRMATIONS, MORE_CONFIRMATIONS
-    confirmations = json.loads(record.read_text())["confirmations"]  # the suspect, in children of the templates
+    confirmations = kept["confirmations"]  # the suspect, in children of the templates
     flat = "perf/bench_brute_force.py::test_brute_force[Flat-n5000-d64-ip-embedding-k10-nq200-cpu]"
     assert len(confirmations) in (CONFIRMATIONS, CONFIRMATIONS + MORE_CONFIRMATIONS)
+    assert kept["first_pass_seconds"] > 0 and len(kept["pass_seconds"]) == len(confirmations)
+    assert kept["first_pass_seconds"] + sum(kept["pass_seconds"]) <= kept["seconds"]
+    assert re.search(rf"wall time \d+ s: first pass \d+ s; first look {CONFIRMATIONS} passes of 1 suspect\(s\)", out), out
     assert [[b["name"] for b in passed] for passed in confirmations] == [[flat]] * len(confirmations)
     assert all(len(passed[0]["pairs"]) == CONFIRMATION_PAIRS for passed in confirmations)
     saved = sorted(Path(project["repository"], ".benchmarks").rglob("*_ab-*.json"))
@@ -529,14 +553,16 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     root = Path(project["repository"])
     base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
     pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "-k", "test_brute_force and not bf16"]
-    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), [flat, torch_flat],
-                                         0.05, {}, lambda *line, **options: None)
+    passes, pass_seconds = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), [flat, torch_flat],
+                                                       0.05, {}, lambda *line, **options: None)
     assert seen == [[(flat, ab_module.CONFIRMATIONS), (torch_flat, ab_module.CONFIRMATIONS)]]
     assert [sorted(b.name for b in passed) for passed in passes] == [[flat, torch_flat]] * ab_module.CONFIRMATIONS + [[flat]] * 2
+    assert len(pass_seconds) == len(passes) and all(seconds > 0 for seconds in pass_seconds)
     monkeypatch.setattr(ab_module, "undecided", lambda estimates, min_effect: [])  # none: no second look
-    passes = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), [flat], 0.05, {},
-                                         lambda *line, **options: None)
+    passes, pass_seconds = ab_module.run_confirmations(base, head, pytest_args, random.Random(2), [flat], 0.05, {},
+                                                       lambda *line, **options: None)
     assert [[b.name for b in passed] for passed in passes] == [[flat]] * ab_module.CONFIRMATIONS
+    assert len(pass_seconds) == ab_module.CONFIRMATIONS
 
 
 def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):

@@ -12,13 +12,14 @@ of every timed call except calibration; the library is untouched).
 tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
 alike. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
-caught, the wall time of one gate run next to one timed run of the same tier; and the same
-pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this checkout's
+caught, the wall time of one gate run next to one timed run of the same tier, and of it the
+first pass and the confirmation passes (medians; runs kept before these were recorded show -);
+and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this checkout's
 rules instead, from their recorded pairs (see `replay`).
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,
-and the process offset they imply (README: "process offsets").
+and the process offset they imply (docs/ab-gate.md: "Process offsets, measured").
 
 `stored`: the stored-baseline gate: one baseline run, then unchanged and slowed runs, each gated
 at several minimum effects with one rerun of the suspects (repeat-on-doubt).
@@ -149,7 +150,9 @@ def measure_ab(args: argparse.Namespace) -> None:
                             head_environment={"EMBEDSEARCH_PLANTED_SLOWDOWN": str(slowdown)}, log=lambda *a, **k: None)
             slowed = slowed_names(result)
             time_alarms = {c.name for c in result.report.regressions if c.metric == "time"}
-            row = {"seconds": result.seconds, "alarms": [f"{c.name} {c.metric}" for c in result.report.regressions],
+            row = {"seconds": result.seconds, "first_pass_seconds": result.first_pass_seconds,
+                   "pass_seconds": result.pass_seconds,
+                   "alarms": [f"{c.name} {c.metric}" for c in result.report.regressions],
                    "slowed": slowed, "caught": sorted(time_alarms & set(slowed)),
                    "ratios": {c.name: c.ratio for c in result.report.comparisons if c.metric == "time"},
                    "suspects": sorted(c.name for c in result.report.comparisons if c.passes),
@@ -173,17 +176,23 @@ def print_ab_summary(record: dict) -> None:
     print(f"\nA/B gate, pytest args {' '.join(record['pytest_args'])!r}, minimum effect {record['min_effect']}; "
           f"one timed run: median {plain_seconds:.1f} s of {len(record['timed_run_seconds'])}")
     print(f"{'planted':>8} {'runs alarmed':>13} {'slowed caught (>1 ms)':>24} {'gate run s (median)':>20} "
-          f"{'x timed run':>12} {'median ratio':>13}")
+          f"{'x timed run':>12} {'first pass s':>13} {'confirm s':>10} {'median ratio':>13}")
     for slowdown, case_rows in rows.items():
         alarmed = sum(bool(row["alarms"]) for row in case_rows)
         caught = sum(len(row["caught"]) for row in case_rows)
         slowed = sum(len(row["slowed"]) for row in case_rows)
         seconds = float(np.median([row["seconds"] for row in case_rows]))
+        # medians over the runs that recorded them (not those kept before the phases were)
+        phased = [row for row in case_rows if "first_pass_seconds" in row]
+        of_runs = f" n={len(phased)}" if 0 < len(phased) < len(case_rows) else ""
+        first_pass_seconds = (f"{np.median([row['first_pass_seconds'] for row in phased]):.1f}{of_runs}"
+                              if phased else "-")
+        confirmation_seconds = f"{np.median([sum(row['pass_seconds']) for row in phased]):.1f}" if phased else "-"
         ratio = float(np.median([r for row in case_rows for name, r in row["ratios"].items()
                                  if not name.startswith(UNSLOWED)]))
         share = f"{caught}/{slowed} = {caught / slowed:.1%}" if slowdown else "-"
         print(f"{slowdown:>8.0%} {alarmed:>7}/{len(case_rows):<5} {share:>24} {seconds:>20.1f} "
-              f"{seconds / plain_seconds:>12.2f} {ratio:>13.3f}")
+              f"{seconds / plain_seconds:>12.2f} {first_pass_seconds:>13} {confirmation_seconds:>10} {ratio:>13.3f}")
     print("the same pairs re-judged at other minimum effects (runs alarmed on time; slowed caught):")
     for effect in record["rejudge"]:
         cells = []

@@ -23,7 +23,7 @@ benchmarking, Chromium Pinpoint):
    Pairs between the same two processes cannot reveal that the two processes differ for their
    whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
    7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
-   (README: "process offsets"). The offset comes with a set-up's memory: a set-up over memory
+   (docs/ab-gate.md: "Process offsets, measured"). The offset comes with a set-up's memory: a set-up over memory
    never used before draws a new one, a set-up over freed memory keeps the old one
    (tools/probe_offsets.py). So a benchmark whose first-pass ratio passes 1 + SUSPECT_SHARE x
    min_effect (a suspect) is timed again in CONFIRMATIONS passes, each by a child that a new
@@ -94,14 +94,14 @@ CONFIRMATIONS = 6
 CONFIRMATION_PAIRS = MIN_PAIRS
 # Suspects the first look across passes leaves undecided (`undecided`) get this many more passes.
 # Some FAISS Flat searches land on one of two levels ~15% apart per set-up: their passes spread
-# too widely for 6 to confirm a 10% slowdown (README: the 4baa142 misses).
+# too widely for 6 to confirm a 10% slowdown (docs/ab-gate.md: the 4baa142 misses).
 MORE_CONFIRMATIONS = 12
 LOOKS = 2 if MORE_CONFIRMATIONS else 1  # looks across passes (after CONFIRMATIONS, after all): Bonferroni over them
 # A first-pass ratio beyond 1 + SUSPECT_SHARE x min_effect either way makes a suspect: at 4baa142
 # 11 of the 20 slowed benchmarks missed at 10% never became suspects at 1 + min_effect.
 SUSPECT_SHARE = 0.5
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
-WARMUP_PAIRS = 2  # one block of both orders run first and left out of the estimate (README: "burn-in")
+WARMUP_PAIRS = 2  # one block of both orders run first and left out of the estimate (docs/ab-gate.md: "A benchmark's first pairs run cold")
 LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
 LAYOUT_PADDING = 8192  # at most this many bytes of environment padding per worker (see Worker)
 START_SECONDS = 600  # a worker that has not connected by then is reported as hung
@@ -151,6 +151,8 @@ class ABResult:
     added: list[str]
     removed: list[str]
     seconds: float
+    first_pass_seconds: float  # the first pass, its workers' start and end included
+    pass_seconds: list[float]  # each confirmation pass, its templates' start and end included
     saved: list[Path]
     settings: dict
 
@@ -532,16 +534,18 @@ def run_session(base: Side, head: Side, pytest_args: list[str], rng: random.Rand
 
 
 def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: random.Random, suspects: list[str],
-                      min_effect: float, head_environment: dict[str, str], log) -> list[list[PairedBenchmark]]:
+                      min_effect: float, head_environment: dict[str, str], log
+                      ) -> tuple[list[list[PairedBenchmark]], list[float]]:
     """CONFIRMATIONS passes over the suspects, then MORE_CONFIRMATIONS over those
     still `undecided`, each pass by new template workers, one per side, that collect and fork one
-    child, which sets everything up afresh with its own layout padding and runs the pass.
+    child, which sets everything up afresh with its own layout padding and runs the pass. Returns
+    each pass's pairs and its wall seconds.
 
     The templates are new for every pass: children of one template share its heap, and at 0fbaeaa,
     where one template pair served every pass, an A/A run confirmed `test_search[IVF64,Flat…nprobe4]`
     1.053 times slower over 18 passes, its last 12 within 0.95-1.08: that pair's offset, not noise
     that more passes average away (module docstring, step 3)."""
-    passes = []
+    passes, pass_seconds = [], []
     plan = list(suspects)
     for number in range(1, CONFIRMATIONS + MORE_CONFIRMATIONS + 1):
         if number == CONFIRMATIONS + 1:
@@ -553,6 +557,7 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
                 break
         look = "first look" if number <= CONFIRMATIONS else "second look"
         log(f"confirmation {number} ({look}): {len(plan)} suspect(s), new forked workers")
+        started = time.perf_counter()
         with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment,
                              template=True) as workers:
             plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=plan)  # in collection order
@@ -565,7 +570,8 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
                 worker.send("stop")
             for worker in workers.values():
                 worker.process.wait()
-    return passes
+        pass_seconds.append(time.perf_counter() - started)
+    return passes, pass_seconds
 
 
 def pass_estimates(confirmations: list[list[PairedBenchmark]]) -> dict[str, list[PairedEstimate]]:
@@ -657,12 +663,15 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                      "run with the packages installed here")
     seed = secrets.randbits(32) if seed is None else seed
     rng = random.Random(seed)
+    first_started = time.perf_counter()
     first = run_session(base, head, pytest_args, rng, pairs, max_pairs, min_effect, head_environment or {}, log)
+    first_pass_seconds = time.perf_counter() - first_started
     for side in (base, head):
         log(f"{side.role}: {side.revision} = {side.commit[:12]} in {side.tree}; embedsearch from {side.imported_from}")
     suspects = suspect_names(first.paired, min_effect)
-    confirmations = (run_confirmations(base, head, pytest_args, rng, suspects, min_effect, head_environment or {}, log)
-                     if suspects else [])
+    confirmations, pass_seconds = (
+        run_confirmations(base, head, pytest_args, rng, suspects, min_effect, head_environment or {}, log)
+        if suspects else ([], []))
     saved = []
     if storage is not None:
         for role, run in first.runs.items():
@@ -680,7 +689,7 @@ def run_ab(repository: Path, base_revision: str, head_revision: str | None, pyte
                 "batch_seconds": BATCH_SECONDS, "seed": seed, "pytest_args": pytest_args,
                 "threads": first.runs["base"].suite.get("threads"), "tier": first.runs["base"].suite.get("tier")}
     return ABResult(base, head, report, first.paired, confirmations, first.added,
-                    first.removed, time.perf_counter() - started, saved, settings)
+                    first.removed, time.perf_counter() - started, first_pass_seconds, pass_seconds, saved, settings)
 
 
 def suspect_names(paired: list[PairedBenchmark], min_effect: float) -> list[str]:
@@ -782,12 +791,26 @@ def markdown_summary(result: ABResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wall_time_summary(result: ABResult) -> str:
+    """Where a gate run's wall time went: the first pass (its workers' start to end), then each look's passes
+    (count, suspects, seconds); the rest (worktrees, judging, saving) is the total's remainder."""
+    parts = [f"{result.seconds:.0f} s: first pass {result.first_pass_seconds:.0f} s"]
+    looks = (("first look", result.confirmations[:CONFIRMATIONS], result.pass_seconds[:CONFIRMATIONS]),
+             ("second look", result.confirmations[CONFIRMATIONS:], result.pass_seconds[CONFIRMATIONS:]))
+    for name, passes, seconds in looks:
+        if passes:
+            parts.append(f"{name} {len(passes)} passes of {len(passes[0])} suspect(s), {sum(seconds):.0f} s "
+                         f"({min(seconds):.0f}-{max(seconds):.0f} s each)")
+    return "; ".join(parts)
+
+
 def result_record(result: ABResult) -> dict:
     """The JSON record of a gate run: both sides, settings, every pair's times, every comparison."""
     return {
         "sides": {side.role: {"revision": side.revision, "commit": side.commit, "tree": str(side.tree),
                               "embedsearch_imported_from": side.imported_from} for side in (result.base, result.head)},
-        "settings": result.settings, "seconds": result.seconds, "saved_runs": [str(path) for path in result.saved],
+        "settings": result.settings, "seconds": result.seconds, "first_pass_seconds": result.first_pass_seconds,
+        "pass_seconds": result.pass_seconds, "saved_runs": [str(path) for path in result.saved],
         "added": result.added, "removed": result.removed,
         "benchmarks": [paired_record(b) for b in result.benchmarks],
         "confirmations": [[paired_record(b) for b in passed] for passed in result.confirmations],  # forked workers

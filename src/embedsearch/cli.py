@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .ab import CONFIRMATIONS, MAX_PAIRS, MIN_EFFECT, MORE_CONFIRMATIONS, PAIRS, markdown_summary, run_ab, write_record
+from .ab import (CONFIRMATIONS, MAX_PAIRS, MIN_EFFECT, MORE_CONFIRMATIONS, PAIRS, markdown_summary, run_ab,
+                 wall_time_summary, write_record)
 from .compare import format_report
 from .gate import MIN_EFFECT as STORED_MIN_EFFECT
 from .gate import checkout_root, gate, rerun_suite
@@ -122,6 +123,7 @@ def ab_command(args: argparse.Namespace) -> int:
     result = run_ab(root, args.base, args.head, args.pytest_args, args.min_effect, args.pairs, args.max_pairs,
                     storage=root / ".benchmarks" / get_machine_id())
     print(format_report(result.report, show_all=args.all, base_title="base", current_title="head"))
+    print(f"wall time {wall_time_summary(result)}")
     summary = markdown_summary(result)
     print()
     print(summary)
