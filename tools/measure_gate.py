@@ -14,8 +14,8 @@ The cases (none and each slowdown) take turns, so a change in the machine's load
 alike. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
 caught, the wall time of one gate run next to one timed run of the same tier, and of it the
 first pass and the confirmation passes (medians; runs kept before these were recorded show -);
-and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this checkout's
-rules instead, from their recorded pairs (see `replay`).
+and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this
+checkout's rules instead, from their recorded pairs (see `replay`).
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,

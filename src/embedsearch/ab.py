@@ -23,8 +23,8 @@ benchmarking, Chromium Pinpoint):
    Pairs between the same two processes cannot reveal that the two processes differ for their
    whole life, and they do: over 5 A/A passes of the pr tier, FAISS Flat searches moved by
    7-14% (standard deviation) from one pair of workers to the next, against 0.4-1% within a pass
-   (docs/ab-gate.md: "Process offsets, measured"). The offset comes with a set-up's memory: a set-up over memory
-   never used before draws a new one, a set-up over freed memory keeps the old one
+   (docs/ab-gate.md: "Process offsets, measured"). The offset comes with a set-up's memory: a
+   set-up over memory never used before draws a new one, a set-up over freed memory keeps the old one
    (tools/probe_offsets.py). So a benchmark whose first-pass ratio passes 1 + SUSPECT_SHARE x
    min_effect (a suspect) is timed again in CONFIRMATIONS passes, each by a child that a new
    template worker per side forks after collecting, which sets everything up afresh with its own
@@ -101,7 +101,8 @@ LOOKS = 2 if MORE_CONFIRMATIONS else 1  # looks across passes (after CONFIRMATIO
 # 11 of the 20 slowed benchmarks missed at 10% never became suspects at 1 + min_effect.
 SUSPECT_SHARE = 0.5
 BATCH_SECONDS = 0.04  # rounds of one side per pair, at least one round
-WARMUP_PAIRS = 2  # one block of both orders run first and left out of the estimate (docs/ab-gate.md: "A benchmark's first pairs run cold")
+# one block of both orders run first and left out of the estimate (docs/ab-gate.md: "A benchmark's first pairs run cold")
+WARMUP_PAIRS = 2
 LOCKSTEP_PLUGIN = Path(__file__).resolve().parent / "lockstep"
 LAYOUT_PADDING = 8192  # at most this many bytes of environment padding per worker (see Worker)
 START_SECONDS = 600  # a worker that has not connected by then is reported as hung
