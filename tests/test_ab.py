@@ -608,3 +608,21 @@ def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_do
     record["settings"]["more_confirmations"] = MORE_CONFIRMATIONS + 1
     path.write_text(json.dumps(record))
     assert measure_gate.replay(path) is None  # other pass counts than this checkout's
+
+
+def test_template_components_split_the_passes_spread_into_a_template_pair_offset_and_the_rest():
+    """tools/measure_gate.py templates: one-way random effects by hand. Three template pairs of two
+    passes each, every pair's passes 0.01 either side of its mean (0.01, 0.11, 0.06)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
+    measure_gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_gate)
+    found = measure_gate.template_components([np.array([0.0, 0.02]), np.array([0.1, 0.12]), np.array([0.05, 0.07])])
+    assert found["means"] == pytest.approx([0.01, 0.11, 0.06], rel=1e-12)
+    assert found["s2"] == pytest.approx(2e-4, rel=1e-12)  # 6 squared deviations of 0.01 over 3 degrees of freedom
+    assert found["component"] == pytest.approx(0.0025 - 2e-4 / 2, rel=1e-12)  # var(means) - s2 / 2
+    # F = 2 x 0.0025 / 2e-4 = 25 with (2, 3) degrees of freedom: sf = (1 + 2 F / 3) ** -1.5
+    assert found["f_p"] == pytest.approx((1 + 50 / 3) ** -1.5, rel=1e-9)
+    # each pair's t = mean / 0.01 with one degree of freedom (Cauchy): p = 1 - 2 atan(t) / pi
+    assert found["t_p"] == pytest.approx([1 - 2 * math.atan(t) / math.pi for t in (1, 11, 6)], rel=1e-9)

@@ -3,6 +3,7 @@
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
     python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
+    python tools/measure_gate.py templates --runs 3 --passes 5 -- --perf-tier pr
     python tools/measure_gate.py ab --replay DIR [DIR ...]
 
 A slowdown is planted with $EMBEDSEARCH_PLANTED_SLOWDOWN (perf/planted_slowdown.py busy-waits that fraction
@@ -20,6 +21,10 @@ checkout's rules instead, from their recorded pairs (see `replay`).
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,
 and the process offset they imply (docs/ab-gate.md: "Process offsets, measured").
+
+`templates`: A/A passes by forked children, several passes per template pair, as the confirmation
+passes would run if one template pair served them all: per benchmark, how much of the passes'
+spread is shared by one template pair's children (see `template_components`).
 
 `stored`: the stored-baseline gate: one baseline run, then unchanged and slowed runs, each gated
 at several minimum effects with one rerun of the suspects (repeat-on-doubt).
@@ -40,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedsearch.ab import (CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult, estimate,
-                            make_side, paired_from_record, pass_estimates, run_ab, run_session, suspect_names,
+from embedsearch.ab import (ALPHA, CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult,
+                            agree_on_plan, end_child_pass, estimate, make_side, paired_from_record, pair_plan,
+                            pass_estimates, run_ab, run_session, started_workers, stop_templates, suspect_names,
                             time_comparisons, undecided, write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
@@ -133,6 +139,92 @@ def print_passes_summary(estimates: dict[str, list[dict]]) -> None:
               f"{math.sqrt(max(0.0, between - within)):>6.2%}  {name.split('::')[-1][:80]}")
     print(f"pooled process offset tau over {len(excess)} benchmarks: {math.sqrt(max(0.0, float(np.mean(excess)))):.2%}"
           f" (per-benchmark tau, 90th percentile: {math.sqrt(max(0.0, float(np.percentile(excess, 90)))):.2%})")
+
+
+def measure_templates(args: argparse.Namespace) -> None:
+    """--runs template pairs (the confirmation passes' workers), each serving --passes A/A passes of its children."""
+    require_clean_tree()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-templates-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    base, head = make_side(ROOT, "base", "HEAD"), make_side(ROOT, "head", None)
+    rng, estimates = random.Random(), {}
+    for template in range(args.runs):
+        started = time.perf_counter()
+        with started_workers(base, head, [*args.pytest_args, "--no-perf-memory"], {}, template=True) as workers:
+            plan, _, _ = agree_on_plan(workers["base"], workers["head"])
+            for number in range(args.passes):
+                if number:
+                    for worker in workers.values():
+                        worker.send_plan(plan)
+                paired = pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, args.min_effect, ALPHA,
+                                   lambda *a, **k: None)
+                end_child_pass(workers, f"template pair {template + 1}, pass {number + 1}")
+                for benchmark in paired:
+                    median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
+                    estimates.setdefault(benchmark.name, []).append(
+                        {"template": template, "log_ratio": math.log(estimate(benchmark, ALPHA).ratio),
+                         "base_median": median})
+                (folder / "templates.json").write_text(json.dumps({"pytest_args": args.pytest_args,
+                                                                   "estimates": estimates}, indent=1))
+            stop_templates(workers)
+        print(f"template pair {template + 1}/{args.runs}: {args.passes} passes of {len(plan)} benchmarks, "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+    print_templates_summary(estimates)
+    print(f"passes kept in {folder}")
+
+
+def template_components(groups: list[np.ndarray]) -> dict:
+    """One benchmark's pass log-ratios, grouped by template pair (at least two pairs of at least two passes).
+
+    Assumes a pass's log-ratio = template pair offset + child offset and pair noise, each drawn
+    independently with mean 0 in A/A (one-way random effects). Returns: each pair's mean; s2, the
+    pooled variance within pairs (child and pair noise); component, the variance of the pair
+    offset, var(means) - s2 / n (n: passes per pair, their mean if unequal; negative when the
+    means agree better than chance); f_p, the F-test's p-value of no pair offset (equal group
+    sizes assumed); t_p, per pair, the two-sided p-value of its own passes' t-test against 0
+    (what a gate that let that one pair serve every pass would test: with no pair offset, below
+    0.05 in 5% of the pairs)."""
+    from scipy.stats import f as f_distribution, t as student_t
+    means = np.array([group.mean() for group in groups])
+    within_df = sum(len(group) - 1 for group in groups)
+    s2 = sum(float(((group - group.mean()) ** 2).sum()) for group in groups) / within_df
+    n = float(np.mean([len(group) for group in groups]))
+    between = float(means.var(ddof=1))
+    t_p = [float(2 * student_t.sf(abs(group.mean()) / (group.std(ddof=1) / math.sqrt(len(group))), len(group) - 1))
+           for group in groups]
+    return {"means": means, "s2": s2, "component": between - s2 / n,
+            "f_p": float(f_distribution.sf(n * between / s2, len(groups) - 1, within_df)), "t_p": t_p}
+
+
+def print_templates_summary(estimates: dict[str, list[dict]]) -> None:
+    """Per benchmark (median over 1 ms): each template pair's mean, the sd within pairs, the F p-value; pooled."""
+    print(f"\n{'pair means (log-ratio, %)':>28} {'sd within':>9} {'F p':>6}  benchmark")
+    components, within, f_low, t_p = [], [], 0, []
+    for name, rows in sorted(estimates.items()):
+        if not is_slowed(name.split("::")[-1], float(np.median([row["base_median"] for row in rows]))):
+            continue
+        by_pair: dict[int, list[float]] = {}
+        for row in rows:
+            by_pair.setdefault(row["template"], []).append(row["log_ratio"])
+        groups = [np.array(values) for values in by_pair.values() if len(values) >= 2]
+        if len(groups) < 2:
+            continue
+        found = template_components(groups)
+        components.append(found["component"])
+        within.append(found["s2"])
+        f_low += found["f_p"] < 0.05
+        t_p += found["t_p"]
+        print(f"{' '.join(f'{mean:+6.1%}' for mean in found['means']):>28} {math.sqrt(found['s2']):>9.2%} "
+              f"{found['f_p']:>6.3f}  {name.split('::')[-1][:80]}")
+    if not components:
+        print("no benchmark over 1 ms with two template pairs of two passes")
+        return
+    pooled = float(np.mean(components))
+    print(f"over {len(components)} benchmarks: template pair offset sd {math.sqrt(max(0.0, pooled)):.2%} "
+          f"(mean variance component {pooled:+.2e}), sd within pairs "
+          f"{math.sqrt(float(np.mean(within))):.2%}; F p < 0.05 in {f_low}/{len(components)}; one pair's passes "
+          f"t-tested against 0: p < 0.05 in {sum(p < 0.05 for p in t_p)}/{len(t_p)}, p < 0.01 in "
+          f"{sum(p < 0.01 for p in t_p)}/{len(t_p)}")
 
 
 def measure_ab(args: argparse.Namespace) -> None:
@@ -310,9 +402,11 @@ def measure_stored(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("gate", choices=("ab", "passes", "stored"),
-                        help="which gate to measure; passes: the A/B gate's process offset")
-    parser.add_argument("--runs", type=int, default=20, help="runs per case (default 20)")
+    parser.add_argument("gate", choices=("ab", "passes", "templates", "stored"),
+                        help="which gate to measure; passes: the A/B gate's process offset; templates: the offset "
+                             "a template pair's children share")
+    parser.add_argument("--runs", type=int, default=20, help="runs per case, or template pairs (default 20)")
+    parser.add_argument("--passes", type=int, default=5, help="templates: passes per template pair (default 5)")
     parser.add_argument("--slowdowns", type=float, nargs="+", default=[0.05, 0.10],
                         help="planted slowdowns as fractions (default 0.05 0.10)")
     parser.add_argument("--min-effect", type=float, default=0.05, help="ab: the gate's minimum effect (default 0.05)")
@@ -331,12 +425,15 @@ def main() -> int:
     args.pytest_args = pytest_args
     if args.runs < 1 or any(s <= 0 for s in args.slowdowns):
         parser.error("expected --runs >= 1 and slowdowns > 0")
+    if args.gate == "templates" and (args.runs < 2 or args.passes < 2):
+        parser.error(f"templates: --runs {args.runs}, --passes {args.passes}: expected at least 2 of each")
     if args.summarize:
         print_ab_summary(json.loads((args.summarize / "ab-runs.json").read_text()))
     elif args.replay:
         print_replay(args.replay)
     else:
-        {"ab": measure_ab, "passes": measure_passes, "stored": measure_stored}[args.gate](args)
+        {"ab": measure_ab, "passes": measure_passes, "templates": measure_templates,
+         "stored": measure_stored}[args.gate](args)
     return 0
 
 

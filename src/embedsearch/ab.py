@@ -563,16 +563,27 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
                              template=True) as workers:
             plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=plan)  # in collection order
             passes.append(pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log))
-            for worker in workers.values():
-                _, status = worker.receive(end_of_pass=True)
-                if status != 0:
-                    raise ABError(f"the {worker.side.role} worker's child for confirmation {number} exited with "
-                                  f"{status}:\n" + worker.log_tail())
-                worker.send("stop")
-            for worker in workers.values():
-                worker.process.wait()
+            end_child_pass(workers, f"confirmation {number}")
+            stop_templates(workers)
         pass_seconds.append(time.perf_counter() - started)
     return passes, pass_seconds
+
+
+def end_child_pass(workers: dict[str, Worker], label: str) -> None:
+    """Wait until each template's child has run its plan; ABError with the worker's log if one failed."""
+    for worker in workers.values():
+        _, status = worker.receive(end_of_pass=True)
+        if status != 0:
+            raise ABError(f"the {worker.side.role} worker's child for {label} exited with {status}:\n"
+                          + worker.log_tail())
+
+
+def stop_templates(workers: dict[str, Worker]) -> None:
+    """Tell each template, its child's pass ended, to exit, and wait until it has."""
+    for worker in workers.values():
+        worker.send("stop")
+    for worker in workers.values():
+        worker.process.wait()
 
 
 def pass_estimates(confirmations: list[list[PairedBenchmark]]) -> dict[str, list[PairedEstimate]]:
