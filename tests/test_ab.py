@@ -565,17 +565,24 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     assert len(pass_seconds) == ab_module.CONFIRMATIONS
 
 
+def load_measure_gate():
+    """tools/measure_gate.py as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
+    measure_gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_gate)
+    return measure_gate
+
+
 def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):
     """tools/measure_gate.py --replay. A run kept under the Bonferroni second look: of three slower
     suspects, "between" (p between alpha / 3 and 2 alpha / 3) and "wide" got twelve more passes;
     Benjamini-Hochberg rejects "between" at the first look, so the replay drops its further passes."""
-    import importlib.util
     import json
 
     from embedsearch.ab import CONFIRMATIONS, MORE_CONFIRMATIONS, confirmed, paired_record
-    spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
-    measure_gate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(measure_gate)
+    measure_gate = load_measure_gate()
 
     def paired(name: str, ratio: float, seconds: float = 2e-3) -> dict:  # 10 pairs with almost no noise
         from embedsearch.ab import PairedBenchmark
@@ -613,12 +620,7 @@ def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_do
 def test_template_components_split_the_passes_spread_into_a_template_pair_offset_and_the_rest():
     """tools/measure_gate.py templates: one-way random effects by hand. Three template pairs of two
     passes each, every pair's passes 0.01 either side of its mean (0.01, 0.11, 0.06)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("measure_gate", ROOT / "tools" / "measure_gate.py")
-    measure_gate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(measure_gate)
-    found = measure_gate.template_components([np.array([0.0, 0.02]), np.array([0.1, 0.12]), np.array([0.05, 0.07])])
+    found = load_measure_gate().template_components([np.array([0.0, 0.02]), np.array([0.1, 0.12]), np.array([0.05, 0.07])])
     assert found["means"] == pytest.approx([0.01, 0.11, 0.06], rel=1e-12)
     assert found["s2"] == pytest.approx(2e-4, rel=1e-12)  # 6 squared deviations of 0.01 over 3 degrees of freedom
     assert found["component"] == pytest.approx(0.0025 - 2e-4 / 2, rel=1e-12)  # var(means) - s2 / 2
@@ -626,3 +628,7 @@ def test_template_components_split_the_passes_spread_into_a_template_pair_offset
     assert found["f_p"] == pytest.approx((1 + 50 / 3) ** -1.5, rel=1e-9)
     # each pair's t = mean / 0.01 with one degree of freedom (Cauchy): p = 1 - 2 atan(t) / pi
     assert found["t_p"] == pytest.approx([1 - 2 * math.atan(t) / math.pi for t in (1, 11, 6)], rel=1e-9)
+    # unequal pass counts: the within part of var(means) is s2 x mean(1 / passes), here s2 x (1/2 + 1/4) / 2
+    unequal = load_measure_gate().template_components([np.array([0.0, 0.02]), np.array([0.09, 0.11, 0.09, 0.11])])
+    assert unequal["s2"] == pytest.approx((2e-4 + 4e-4) / 4, rel=1e-12)
+    assert unequal["component"] == pytest.approx(0.09 ** 2 / 2 - 1.5e-4 * 0.375, rel=1e-12)  # var(0.01, 0.10)

@@ -160,10 +160,11 @@ def measure_templates(args: argparse.Namespace) -> None:
                                    lambda *a, **k: None)
                 end_child_pass(workers, f"template pair {template + 1}, pass {number + 1}")
                 for benchmark in paired:
+                    found = estimate(benchmark, ALPHA)
                     median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
                     estimates.setdefault(benchmark.name, []).append(
-                        {"template": template, "log_ratio": math.log(estimate(benchmark, ALPHA).ratio),
-                         "base_median": median})
+                        {"template": template, "pass": number, "log_ratio": math.log(found.ratio),
+                         "standard_error": found.log_standard_error, "base_median": median})
                 (folder / "templates.json").write_text(json.dumps({"pytest_args": args.pytest_args,
                                                                    "estimates": estimates}, indent=1))
             stop_templates(workers)
@@ -177,23 +178,21 @@ def template_components(groups: list[np.ndarray]) -> dict:
     """One benchmark's pass log-ratios, grouped by template pair (at least two pairs of at least two passes).
 
     Assumes a pass's log-ratio = template pair offset + child offset and pair noise, each drawn
-    independently with mean 0 in A/A (one-way random effects). Returns: each pair's mean; s2, the
-    pooled variance within pairs (child and pair noise); component, the variance of the pair
-    offset, var(means) - s2 / n (n: passes per pair, their mean if unequal; negative when the
-    means agree better than chance); f_p, the F-test's p-value of no pair offset (equal group
-    sizes assumed); t_p, per pair, the two-sided p-value of its own passes' t-test against 0
-    (what a gate that let that one pair serve every pass would test: with no pair offset, below
-    0.05 in 5% of the pairs)."""
-    from scipy.stats import f as f_distribution, t as student_t
+    independently with mean 0 in A/A (one-way random effects), the rest with the same variance
+    in every pair. Returns: each pair's mean; s2, the pooled variance within pairs (child and
+    pair noise); component, the variance of the pair offset, var(means) - s2 x mean(1 / passes)
+    (unbiased for any pass counts; negative when the means agree better than chance); f_p, the
+    one-way ANOVA F-test's p-value of no pair offset (scipy's f_oneway, exact for normal values);
+    t_p, per pair, the two-sided p-value of its own passes' t-test against 0 (with no pair offset
+    and an A/A mean of 0, below 0.05 in 5% of the pairs)."""
+    from scipy.stats import f_oneway, t as student_t
     means = np.array([group.mean() for group in groups])
-    within_df = sum(len(group) - 1 for group in groups)
-    s2 = sum(float(((group - group.mean()) ** 2).sum()) for group in groups) / within_df
-    n = float(np.mean([len(group) for group in groups]))
-    between = float(means.var(ddof=1))
+    s2 = sum(float(((group - group.mean()) ** 2).sum()) for group in groups) / sum(len(group) - 1 for group in groups)
     t_p = [float(2 * student_t.sf(abs(group.mean()) / (group.std(ddof=1) / math.sqrt(len(group))), len(group) - 1))
            for group in groups]
-    return {"means": means, "s2": s2, "component": between - s2 / n,
-            "f_p": float(f_distribution.sf(n * between / s2, len(groups) - 1, within_df)), "t_p": t_p}
+    return {"means": means, "s2": s2,
+            "component": float(means.var(ddof=1)) - s2 * float(np.mean([1 / len(group) for group in groups])),
+            "f_p": float(f_oneway(*groups).pvalue), "t_p": t_p}
 
 
 def print_templates_summary(estimates: dict[str, list[dict]]) -> None:
