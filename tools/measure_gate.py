@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.ab import (ALPHA, CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult,
-                            agree_on_plan, end_child_pass, estimate, make_side, paired_from_record, pair_plan,
-                            pass_estimates, run_ab, run_session, started_workers, stop_templates, suspect_names,
-                            time_comparisons, undecided, write_record)
+                            PairedBenchmark, agree_on_plan, end_child_pass, estimate, make_side, paired_from_record,
+                            pair_plan, pass_estimates, run_ab, run_session, started_workers, stop_templates,
+                            suspect_names, time_comparisons, undecided, write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
 
@@ -91,6 +91,20 @@ def rejudged_alarms(result: ABResult, min_effect: float) -> set[str]:
     return {c.name.split("::")[-1] for c in comparisons if c.verdict == "slower"}  # the node id's last part
 
 
+def record_folder(args: argparse.Namespace, name: str) -> Path:
+    """--keep's folder (created), else a new temporary one named after the measurement."""
+    folder = args.keep or Path(tempfile.mkdtemp(prefix=f"measure-{name}-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pass_row(benchmark: PairedBenchmark, alpha: float) -> dict:
+    """One pass's estimate of a benchmark: its log-ratio, standard error and the base side's median round."""
+    found = estimate(benchmark, alpha)
+    return {"log_ratio": math.log(found.ratio), "standard_error": found.log_standard_error,
+            "base_median": float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))}
+
+
 def require_clean_tree() -> None:
     if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
                       capture_output=True, text=True).stdout.strip():
@@ -104,8 +118,7 @@ def measure_passes(args: argparse.Namespace) -> None:
     (its within-pass standard error s). Over passes, var = tau^2 + mean(s^2), so
     tau^2 = var - mean(s^2) per benchmark; pooled over benchmarks by averaging, clipped at 0."""
     require_clean_tree()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-passes-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = record_folder(args, "passes")
     base, head = make_side(ROOT, "base", "HEAD"), make_side(ROOT, "head", None)
     rng, estimates = random.Random(), {}
     for index in range(args.runs):
@@ -113,10 +126,7 @@ def measure_passes(args: argparse.Namespace) -> None:
         session = run_session(base, head, [*args.pytest_args, "--no-perf-memory"], rng, PAIRS, MAX_PAIRS,
                               args.min_effect, {}, lambda *a, **k: None)
         for benchmark in session.paired:
-            found = estimate(benchmark, session.alpha)
-            median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
-            estimates.setdefault(benchmark.name, []).append(
-                {"log_ratio": math.log(found.ratio), "standard_error": found.log_standard_error, "base_median": median})
+            estimates.setdefault(benchmark.name, []).append(pass_row(benchmark, session.alpha))
         (folder / "passes.json").write_text(json.dumps({"pytest_args": args.pytest_args, "estimates": estimates}, indent=1))
         print(f"pass {index + 1}/{args.runs}: {len(session.paired)} benchmarks, {time.perf_counter() - started:.0f} s",
               flush=True)
@@ -144,8 +154,7 @@ def print_passes_summary(estimates: dict[str, list[dict]]) -> None:
 def measure_templates(args: argparse.Namespace) -> None:
     """--runs template pairs (the confirmation passes' workers), each serving --passes A/A passes of its children."""
     require_clean_tree()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-templates-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = record_folder(args, "templates")
     base, head = make_side(ROOT, "base", "HEAD"), make_side(ROOT, "head", None)
     rng, estimates = random.Random(), {}
     for template in range(args.runs):
@@ -160,11 +169,8 @@ def measure_templates(args: argparse.Namespace) -> None:
                                    lambda *a, **k: None)
                 end_child_pass(workers, f"template pair {template + 1}, pass {number + 1}")
                 for benchmark in paired:
-                    found = estimate(benchmark, ALPHA)
-                    median = float(np.median([np.median(pair["base"]) for pair in benchmark.pairs]))
                     estimates.setdefault(benchmark.name, []).append(
-                        {"template": template, "pass": number, "log_ratio": math.log(found.ratio),
-                         "standard_error": found.log_standard_error, "base_median": median})
+                        {"template": template, "pass": number, **pass_row(benchmark, ALPHA)})
                 (folder / "templates.json").write_text(json.dumps({"pytest_args": args.pytest_args,
                                                                    "estimates": estimates}, indent=1))
             stop_templates(workers)
@@ -228,8 +234,7 @@ def print_templates_summary(estimates: dict[str, list[dict]]) -> None:
 
 def measure_ab(args: argparse.Namespace) -> None:
     require_clean_tree()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-ab-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = record_folder(args, "ab")
     _, plain_seconds = timed_run(folder / "timed-run.json", 0.0, args.pytest_args)
     print(f"one timed run (pytest --benchmark {' '.join(args.pytest_args)}): {plain_seconds:.1f} s", flush=True)
     record = {"pytest_args": args.pytest_args, "min_effect": args.min_effect, "rejudge": args.rejudge,
@@ -367,8 +372,7 @@ def rerun_with(slowdown: float):
 
 
 def measure_stored(args: argparse.Namespace) -> None:
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="measure-gate-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = record_folder(args, "gate")
     started = time.time()
     baseline, _ = timed_run(folder / "baseline.json", 0.0, args.pytest_args)
     print(f"baseline: {len(baseline.benchmarks)} benchmarks", flush=True)
