@@ -12,7 +12,7 @@ of every timed call except calibration; the library is untouched).
 `ab`: each run is `embedsearch ab HEAD` (base: the HEAD commit's worktree; head: this working
 tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
-alike. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
+alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
 caught, the wall time of one gate run next to one timed run of the same tier, and of it the
 first pass and the confirmation passes (medians; runs kept before these were recorded show -);
 and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this
@@ -410,8 +410,9 @@ def main() -> int:
                              "a template pair's children share")
     parser.add_argument("--runs", type=int, default=20, help="runs per case, or template pairs (default 20)")
     parser.add_argument("--passes", type=int, default=5, help="templates: passes per template pair (default 5)")
-    parser.add_argument("--slowdowns", type=float, nargs="+", default=[0.05, 0.10],
-                        help="planted slowdowns as fractions (default 0.05 0.10)")
+    parser.add_argument("--slowdowns", type=float, nargs="*", default=[0.05, 0.10],
+                        help="planted slowdowns as fractions (default 0.05 0.10; given with no value: "
+                             "unchanged code only)")
     parser.add_argument("--min-effect", type=float, default=0.05, help="ab: the gate's minimum effect (default 0.05)")
     parser.add_argument("--rejudge", type=float, nargs="+", default=[0.03, 0.05, 0.10],
                         help="ab: minimum effects to re-judge the same pairs at (default 0.03 0.05 0.10)")
