@@ -565,6 +565,31 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     assert len(pass_seconds) == ab_module.CONFIRMATIONS
 
 
+def test_one_template_pair_forks_new_children_for_each_plan_it_is_sent(project):
+    """tools/measure_gate.py templates: one template pair serves several passes, each by new children."""
+    from embedsearch import ab as ab_module
+
+    root = Path(project["repository"])
+    base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
+    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "--no-perf-memory", "-k", "test_brute_force and not bf16"]
+    passes = []
+    with ab_module.started_workers(base, head, pytest_args, {}, template=True) as workers:
+        plan, _, _ = ab_module.agree_on_plan(workers["base"], workers["head"])
+        assert len(plan) == 2  # FAISS Flat and TorchFlat
+        for number, planned in enumerate([plan, plan[1:], plan]):  # the second plan differs from the first
+            if number:
+                for worker in workers.values():
+                    worker.send_plan(planned)
+            passes.append(ab_module.pair_plan(workers, planned, random.Random(number), ab_module.CONFIRMATION_PAIRS,
+                                              ab_module.CONFIRMATION_PAIRS, 0.05, ab_module.ALPHA,
+                                              lambda *line, **options: None))
+            ab_module.end_child_pass(workers, f"pass {number + 1}")
+        ab_module.stop_templates(workers)
+        assert [worker.process.returncode for worker in workers.values()] == [0, 0]
+    assert [[b.name for b in passed] for passed in passes] == [plan, plan[1:], plan]
+    assert all(len(b.pairs) == ab_module.CONFIRMATION_PAIRS for passed in passes for b in passed)
+
+
 def load_measure_gate():
     """tools/measure_gate.py as a module (tools/ is not a package)."""
     import importlib.util
