@@ -565,8 +565,8 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     assert len(pass_seconds) == ab_module.CONFIRMATIONS
 
 
-def test_one_template_pair_forks_new_children_for_each_plan_it_is_sent(project):
-    """tools/measure_gate.py templates: one template pair serves several passes, each by new children."""
+def test_one_template_pair_runs_each_plan_it_is_sent_in_a_child_that_ends_with_it(project):
+    """tools/measure_gate.py templates: one template pair serves several passes; each child reports "ended" 0."""
     from embedsearch import ab as ab_module
 
     root = Path(project["repository"])

@@ -1,6 +1,7 @@
 """Measure a regression gate on this machine: false alarms on unchanged code, detection of planted slowdowns.
 
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
+    python tools/measure_gate.py ab --runs 11 --slowdowns --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
     python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
     python tools/measure_gate.py templates --runs 3 --passes 5 -- --perf-tier pr
@@ -12,10 +13,11 @@ of every timed call except calibration; the library is untouched).
 `ab`: each run is `embedsearch ab HEAD` (base: the HEAD commit's worktree; head: this working
 tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
-alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only. Prints per case: runs with any alarm, the share of slowed benchmarks (median over 1 ms)
-caught, the wall time of one gate run next to one timed run of the same tier, and of it the
-first pass and the confirmation passes (medians; runs kept before these were recorded show -);
-and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this
+alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only. Prints per case:
+runs with any alarm, the share of slowed benchmarks (median over 1 ms) caught, the wall time of
+one gate run next to one timed run of the same tier, and of it the first pass and the
+confirmation passes (medians; runs kept before these were recorded show -); and the same pairs
+re-judged at other minimum effects. `--replay` re-judges kept runs with this
 checkout's rules instead, from their recorded pairs (see `replay`).
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
