@@ -600,6 +600,14 @@ def load_measure_gate():
     return measure_gate
 
 
+def test_measure_gate_refuses_slowed_only_without_a_slowdown():
+    """tools/measure_gate.py ab --slowdowns --slowed-only would run no case: exit 2, naming both options."""
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "measure_gate.py"), "ab", "--slowdowns",
+                           "--slowed-only"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--slowed-only with no slowdown leaves no case to run" in done.stderr
+
+
 def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):
     """tools/measure_gate.py --replay. A run kept under the Bonferroni second look: of three slower
     suspects, "between" (p between alpha / 3 and 2 alpha / 3) and "wide" got twelve more passes;

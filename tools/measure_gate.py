@@ -2,6 +2,7 @@
 
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py ab --runs 11 --slowdowns --keep DIR -- --perf-tier pr
+    python tools/measure_gate.py ab --runs 4 --slowdowns 0.10 0.05 --slowed-only --keep DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
     python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
     python tools/measure_gate.py templates --runs 3 --passes 5 -- --perf-tier pr
@@ -13,7 +14,8 @@ of every timed call except calibration; the library is untouched).
 `ab`: each run is `embedsearch ab HEAD` (base: the HEAD commit's worktree; head: this working
 tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
-alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only. Prints per case:
+alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only, `--slowed-only` the
+slowdowns only. Prints per case:
 runs with any alarm, the share of slowed benchmarks (median over 1 ms) caught, the wall time of
 one gate run next to one timed run of the same tier, and of it the first pass and the
 confirmation passes (medians; runs kept before these were recorded show -); and the same pairs
@@ -240,10 +242,10 @@ def measure_ab(args: argparse.Namespace) -> None:
     _, plain_seconds = timed_run(folder / "timed-run.json", 0.0, args.pytest_args)
     print(f"one timed run (pytest --benchmark {' '.join(args.pytest_args)}): {plain_seconds:.1f} s", flush=True)
     record = {"pytest_args": args.pytest_args, "min_effect": args.min_effect, "rejudge": args.rejudge,
-              "timed_run_seconds": [plain_seconds], "rows": {str(case): [] for case in [0.0, *args.slowdowns]}}
+              "timed_run_seconds": [plain_seconds], "rows": {str(case): [] for case in args.cases}}
     started = time.time()
     for index in range(args.runs):
-        for slowdown in [0.0, *args.slowdowns]:
+        for slowdown in args.cases:
             result = run_ab(ROOT, "HEAD", None, args.pytest_args, min_effect=args.min_effect,
                             head_environment={"EMBEDSEARCH_PLANTED_SLOWDOWN": str(slowdown)}, log=lambda *a, **k: None)
             slowed = slowed_names(result)
@@ -379,7 +381,7 @@ def measure_stored(args: argparse.Namespace) -> None:
     baseline, _ = timed_run(folder / "baseline.json", 0.0, args.pytest_args)
     print(f"baseline: {len(baseline.benchmarks)} benchmarks", flush=True)
     results = {}  # (slowdown, effect) -> list of (alarm before rerun, alarm after, caught, slowed)
-    for slowdown in [0.0, *args.slowdowns]:
+    for slowdown in args.cases:
         for index in range(args.runs):
             run, _ = timed_run(folder / f"run-{slowdown:.2f}-{index:02d}.json", slowdown, args.pytest_args)
             reports = {effect: compare_runs(baseline, run, effect) for effect in args.min_effects}
@@ -415,6 +417,8 @@ def main() -> int:
     parser.add_argument("--slowdowns", type=float, nargs="*", default=[0.05, 0.10],
                         help="planted slowdowns as fractions (default 0.05 0.10; given with no value: "
                              "unchanged code only)")
+    parser.add_argument("--slowed-only", action="store_true",
+                        help="run the slowdowns only, not the unchanged-code (A/A) case")
     parser.add_argument("--min-effect", type=float, default=0.05, help="ab: the gate's minimum effect (default 0.05)")
     parser.add_argument("--rejudge", type=float, nargs="+", default=[0.03, 0.05, 0.10],
                         help="ab: minimum effects to re-judge the same pairs at (default 0.03 0.05 0.10)")
@@ -431,6 +435,9 @@ def main() -> int:
     args.pytest_args = pytest_args
     if args.runs < 1 or any(s <= 0 for s in args.slowdowns):
         parser.error("expected --runs >= 1 and slowdowns > 0")
+    if args.slowed_only and not args.slowdowns:
+        parser.error("--slowed-only with no slowdown leaves no case to run: expected at least one slowdown")
+    args.cases = ([] if args.slowed_only else [0.0]) + args.slowdowns  # 0.0: unchanged code (A/A)
     if args.gate == "templates" and (args.runs < 2 or args.passes < 2):
         parser.error(f"templates: --runs {args.runs}, --passes {args.passes}: expected at least 2 of each")
     if args.summarize:
