@@ -577,13 +577,8 @@ def test_one_template_pair_runs_each_plan_it_is_sent_in_a_child_that_ends_with_i
         plan, _, _ = ab_module.agree_on_plan(workers["base"], workers["head"])
         assert len(plan) == 2  # FAISS Flat and TorchFlat
         for number, planned in enumerate([plan, plan[1:], plan]):  # the second plan differs from the first
-            if number:
-                for worker in workers.values():
-                    worker.send_plan(planned)
-            passes.append(ab_module.pair_plan(workers, planned, random.Random(number), ab_module.CONFIRMATION_PAIRS,
-                                              ab_module.CONFIRMATION_PAIRS, 0.05, ab_module.ALPHA,
-                                              lambda *line, **options: None))
-            ab_module.end_child_pass(workers, f"pass {number + 1}")
+            passes.append(ab_module.child_pass(workers, planned, random.Random(number), 0.05, f"pass {number + 1}",
+                                               lambda *line, **options: None, plan_sent=not number))
         ab_module.stop_templates(workers)
         assert [worker.process.returncode for worker in workers.values()] == [0, 0]
     assert [[b.name for b in passed] for passed in passes] == [plan, plan[1:], plan]
@@ -600,12 +595,25 @@ def load_measure_gate():
     return measure_gate
 
 
-def test_measure_gate_refuses_slowed_only_without_a_slowdown():
-    """tools/measure_gate.py ab --slowdowns --slowed-only would run no case: exit 2, naming both options."""
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "measure_gate.py"), "ab", "--slowdowns",
-                           "--slowed-only"], capture_output=True, text=True, timeout=120)
+def test_measure_gate_refuses_no_case_and_a_keep_folder_that_holds_files(tmp_path):
+    """tools/measure_gate.py: --slowed-only with --slowdowns given no value would run no case, and a --keep
+    folder holding files would have them overwritten (a file is no folder): exit 2 with the reason, nothing touched."""
+    def measure_gate(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "tools" / "measure_gate.py"), *arguments],
+                              capture_output=True, text=True, timeout=120)
+
+    done = measure_gate("ab", "--slowdowns", "--slowed-only")
     assert done.returncode == 2
     assert "--slowed-only with no slowdown leaves no case to run" in done.stderr
+    kept = tmp_path / "ab-runs.json"
+    kept.write_text("{}")
+    done = measure_gate("ab", "--runs", "1", "--keep", str(tmp_path))
+    assert done.returncode == 2
+    assert f"--keep {tmp_path} exists and is not an empty folder: expected a new or empty folder" in done.stderr
+    assert kept.read_text() == "{}"
+    done = measure_gate("ab", "--runs", "1", "--keep", str(kept))  # a file, not a folder
+    assert done.returncode == 2
+    assert f"--keep {kept} exists and is not an empty folder" in done.stderr
 
 
 def test_replay_rejudges_a_kept_run_dropping_the_second_look_the_current_rule_does_not_take(tmp_path):

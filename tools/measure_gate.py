@@ -2,7 +2,7 @@
 
     python tools/measure_gate.py ab --runs 20 --slowdowns 0.10 0.05 --keep DIR -- --perf-tier pr
     python tools/measure_gate.py ab --runs 11 --slowdowns --keep DIR -- --perf-tier pr
-    python tools/measure_gate.py ab --runs 4 --slowdowns 0.10 0.05 --slowed-only --keep DIR -- --perf-tier pr
+    python tools/measure_gate.py ab --runs 4 --slowdowns 0.10 0.05 --slowed-only --keep NEW_DIR -- --perf-tier pr
     python tools/measure_gate.py stored --runs 20 --slowdowns 0.10 0.25 -- --benchmark-max-time=0.25
     python tools/measure_gate.py passes --runs 6 -- --perf-tier pr
     python tools/measure_gate.py templates --runs 3 --passes 5 -- --perf-tier pr
@@ -50,8 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.ab import (ALPHA, CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult,
-                            PairedBenchmark, agree_on_plan, end_child_pass, estimate, make_side, paired_from_record,
-                            pair_plan, pass_estimates, run_ab, run_session, started_workers, stop_templates,
+                            PairedBenchmark, agree_on_plan, child_pass, estimate, make_side, paired_from_record,
+                            pass_estimates, run_ab, run_session, started_workers, stop_templates,
                             suspect_names, time_comparisons, undecided, write_record)
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
 from embedsearch.storage import Run, load_run
@@ -166,12 +166,9 @@ def measure_templates(args: argparse.Namespace) -> None:
         with started_workers(base, head, [*args.pytest_args, "--no-perf-memory"], {}, template=True) as workers:
             plan, _, _ = agree_on_plan(workers["base"], workers["head"])
             for number in range(args.passes):
-                if number:
-                    for worker in workers.values():
-                        worker.send_plan(plan)
-                paired = pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, args.min_effect, ALPHA,
-                                   lambda *a, **k: None)
-                end_child_pass(workers, f"template pair {template + 1}, pass {number + 1}")
+                label = f"template pair {template + 1}, pass {number + 1}"
+                paired = child_pass(workers, plan, rng, args.min_effect, label, lambda *a, **k: None,
+                                    plan_sent=not number)
                 for benchmark in paired:
                     estimates.setdefault(benchmark.name, []).append(
                         {"template": template, "pass": number, **pass_row(benchmark, ALPHA)})
@@ -418,7 +415,7 @@ def main() -> int:
                         help="planted slowdowns as fractions (default 0.05 0.10; given with no value: "
                              "unchanged code only)")
     parser.add_argument("--slowed-only", action="store_true",
-                        help="run the slowdowns only, not the unchanged-code (A/A) case")
+                        help="ab, stored: run the slowdowns only, not the unchanged-code (A/A) case")
     parser.add_argument("--min-effect", type=float, default=0.05, help="ab: the gate's minimum effect (default 0.05)")
     parser.add_argument("--rejudge", type=float, nargs="+", default=[0.03, 0.05, 0.10],
                         help="ab: minimum effects to re-judge the same pairs at (default 0.03 0.05 0.10)")
@@ -438,6 +435,9 @@ def main() -> int:
     if args.slowed_only and not args.slowdowns:
         parser.error("--slowed-only with no slowdown leaves no case to run: expected at least one slowdown")
     args.cases = ([] if args.slowed_only else [0.0]) + args.slowdowns  # 0.0: unchanged code (A/A)
+    if args.keep and args.keep.exists() and (not args.keep.is_dir() or any(args.keep.iterdir())):
+        parser.error(f"--keep {args.keep} exists and is not an empty folder: expected a new or empty folder, since a "
+                     "measurement writes its records there under fixed names (combine kept folders with --replay)")
     if args.gate == "templates" and (args.runs < 2 or args.passes < 2):
         parser.error(f"templates: --runs {args.runs}, --passes {args.passes}: expected at least 2 of each")
     if args.summarize:

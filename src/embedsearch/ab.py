@@ -562,11 +562,24 @@ def run_confirmations(base: Side, head: Side, pytest_args: list[str], rng: rando
         with started_workers(base, head, [*pytest_args, "--no-perf-memory"], head_environment,
                              template=True) as workers:
             plan, _, _ = agree_on_plan(workers["base"], workers["head"], only=plan)  # in collection order
-            passes.append(pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log))
-            end_child_pass(workers, f"confirmation {number}")
+            passes.append(child_pass(workers, plan, rng, min_effect, f"confirmation {number}", log,
+                                     plan_sent=True))
             stop_templates(workers)
         pass_seconds.append(time.perf_counter() - started)
     return passes, pass_seconds
+
+
+def child_pass(workers: dict[str, Worker], plan: list[str], rng: random.Random, min_effect: float, label: str, log,
+               plan_sent: bool) -> list[PairedBenchmark]:
+    """One pass at the confirmation settings (CONFIRMATION_PAIRS, ALPHA) by a forked child of each template:
+    send the templates the plan, each forking a child for it, unless agree_on_plan already sent it (`plan_sent`);
+    pair it; wait until both children end."""
+    if not plan_sent:
+        for worker in workers.values():
+            worker.send_plan(plan)
+    paired = pair_plan(workers, plan, rng, CONFIRMATION_PAIRS, CONFIRMATION_PAIRS, min_effect, ALPHA, log)
+    end_child_pass(workers, label)
+    return paired
 
 
 def end_child_pass(workers: dict[str, Worker], label: str) -> None:
