@@ -15,12 +15,11 @@ of every timed call except calibration; the library is untouched).
 tree, which must hold no uncommitted change) with the slowdown planted in the head worker only.
 The cases (none and each slowdown) take turns, so a change in the machine's load hits them
 alike; `--slowdowns` with no value runs the unchanged-code (A/A) case only, `--slowed-only` the
-slowdowns only. Prints per case:
-runs with any alarm, the share of slowed benchmarks (median over 1 ms) caught, the wall time of
-one gate run next to one timed run of the same tier, and of it the first pass and the
-confirmation passes (medians; runs kept before these were recorded show -); and the same pairs
-re-judged at other minimum effects. `--replay` re-judges kept runs with this
-checkout's rules instead, from their recorded pairs (see `replay`).
+slowdowns only. Prints per case: runs with any alarm, the share of slowed benchmarks (median over
+1 ms) caught, the wall time of one gate run next to one timed run of the same tier, and of it the
+first pass and the confirmation passes (medians; runs kept before these were recorded show -);
+and the same pairs re-judged at other minimum effects. `--replay` re-judges kept runs with this
+checkout's rules instead, from their recorded pairs (see `replay`), and combines the folders it is given.
 
 `passes`: A/A passes of fresh worker pairs over every benchmark (no confirmation, no memory pass):
 per benchmark, the spread of its estimate between passes beside its within-pass standard error,
