@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import (BF16_SPEC, EXACT_SPECS, TORCH_SPEC, FaissIndex, TorchFlatBf16Index, TorchFlatIndex,
-                                _chunk_maxima, build_index, create_index)
+                                _chunk_maxima, _exact_cuda_matmuls, build_index, create_index)
 from embedsearch.memory import profile_memory
 from embedsearch.metrics import recall_at_k
 
@@ -434,27 +434,33 @@ def test_bf16_search_equals_reference_on_near_ties(problem, kernel):
     assert 0.0 <= index.last_certified_fraction <= 1.0
 
 
-@pytest.mark.parametrize("alignment", [1, 8])
+# cpu at both column alignments (8: cuda's zero padding); cuda: tensor cores, u = 2^-22
+BOUND_DEVICES = [("cpu", 1), ("cpu", 8), pytest.param("cuda", 8, marks=needs_cuda)]
+
+
+@pytest.mark.parametrize("device, alignment", BOUND_DEVICES)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_bf16_error_bound_holds_for_every_score(metric, alignment, monkeypatch):
+def test_bf16_error_bound_holds_for_every_score(metric, device, alignment, monkeypatch):
     """The docstring's bound |t - (s - c)| <= w|t| + E, checked against float64 scores on adversarial data."""
-    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)  # 8: cuda's zero padding
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 96)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 20, axis=0), rng),
                                bases * np.float32(1e-3), rng.standard_normal((500, 96)).astype(np.float32) * 30])
     queries = np.concatenate([bases, low_mantissa_variants(bases, rng), database[-50:]])
-    index = build_index(BF16_SPEC, database, metric)
-    bound, _, scored_queries = index._query_bounds(torch.from_numpy(queries), 10)
-    bf16_scores = (scored_queries @ index._scored.T).double()  # bf16 product, float32 accumulation
+    index = build_index(BF16_SPEC, database, metric, device=device)
+    bound, _, scored_queries = index._query_bounds(torch.from_numpy(queries).to(index.device), 10)
+    with _exact_cuda_matmuls(index.device):  # as the search computes it
+        bf16_scores = (scored_queries @ index._scored.T).double().cpu().numpy()  # bf16 product, float32 accumulation
+    bound = bound.cpu().numpy()
     exact = queries.astype(np.float64) @ database.astype(np.float64).T
     if metric == "l2":
         exact -= 0.5 * (database.astype(np.float64) ** 2).sum(1)
-    offsets = -scored_queries[:, index.d].double().numpy()
-    error = np.abs(bf16_scores.numpy() - (exact - offsets[:, None]))
-    allowed = index.OUTPUT_ROUNDING * bf16_scores.abs().numpy() + bound.numpy()[:, None]
+    offsets = -scored_queries[:, index.d].double().cpu().numpy()
+    error = np.abs(bf16_scores - (exact - offsets[:, None]))
+    allowed = index.OUTPUT_ROUNDING * np.abs(bf16_scores) + bound[:, None]
     assert (error <= allowed).all()
-    assert (error.max(axis=1) > 0.05 * bound.numpy()).any()  # the bound is not vacuous: errors come near it
+    assert (error.max(axis=1) > 0.05 * bound).any()  # the bound is not vacuous: errors come near it
 
 
 def test_bf16_matmul_accumulates_in_float32():
@@ -611,27 +617,29 @@ def test_bf16_all_pairs_falls_back_to_float32_for_rows_with_too_many_near_ties()
         assert_exact_search(database, database, 5, metric, distances, ids)
 
 
-@pytest.mark.parametrize("alignment", [1, 8])
+@pytest.mark.parametrize("device, alignment", BOUND_DEVICES)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric, alignment, monkeypatch):
+def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric, device, alignment,
+                                                                                   monkeypatch):
     """|t - (s - c)| <= w|t| + E for the row's frame and for the column's: one pair score serves both."""
-    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)  # 8: cuda's zero padding
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 48)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 10, axis=0), rng),
                                bases * np.float32(1e-3), rng.standard_normal((100, 48)).astype(np.float32) * 30])
-    index = build_index(BF16_SPEC, database, metric)
+    index = build_index(BF16_SPEC, database, metric, device=device)
     state = index._pair_state(10)
-    left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16), 0, len(database),
-                               state.offset, "left")
+    left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16,
+                                           device=index.device), 0, len(database), state.offset, "left")
     right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
-    pair_scores = (left @ right.T).double().numpy()  # t: bf16 product, float32 accumulation
+    with _exact_cuda_matmuls(index.device):  # as all pairs computes it
+        pair_scores = (left @ right.T).double().cpu().numpy()  # t: bf16 product, float32 accumulation
     x64 = database.astype(np.float64)
     half_norms = 0.5 * (x64 ** 2).sum(1) if metric == "l2" else np.zeros(len(database))
     # row i ranks by s_i(j) = x_i.x_j - h_j, offset c_i = c0 + h_i: t_ij - (s_i(j) - c_i) = t_ij - (x_i.x_j - h_i - h_j - c0)
     error = np.abs(pair_scores - (x64 @ x64.T - half_norms[:, None] - half_norms[None, :] - state.offset))
     rounding = index.OUTPUT_ROUNDING * np.abs(pair_scores)
-    bound = state.bound.numpy()
+    bound = state.bound.cpu().numpy()
     assert (error <= rounding + bound[:, None]).all()  # the row's bound
     assert (error <= rounding + bound[None, :]).all()  # the column's bound
     assert (error.max(axis=1) > 0.05 * bound).any()  # the bound is not vacuous
