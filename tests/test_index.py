@@ -435,14 +435,14 @@ def test_bf16_search_equals_reference_on_near_ties(problem, kernel):
 
 
 # cpu at both column alignments (8: cuda's zero padding); cuda: tensor cores, u = 2^-22
-BOUND_DEVICES = [("cpu", 1), ("cpu", 8), pytest.param("cuda", 8, marks=needs_cuda)]
+BOUND_DEVICE_ALIGNMENTS = [("cpu", 1), ("cpu", 8), pytest.param("cuda", 8, marks=needs_cuda)]
 
 
-@pytest.mark.parametrize("device, alignment", BOUND_DEVICES)
+@pytest.mark.parametrize("device, alignment", BOUND_DEVICE_ALIGNMENTS)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_bf16_error_bound_holds_for_every_score(metric, device, alignment, monkeypatch):
     """The docstring's bound |t - (s - c)| <= w|t| + E, checked against float64 scores on adversarial data."""
-    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, device, alignment)
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 96)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 20, axis=0), rng),
@@ -450,8 +450,8 @@ def test_bf16_error_bound_holds_for_every_score(metric, device, alignment, monke
     queries = np.concatenate([bases, low_mantissa_variants(bases, rng), database[-50:]])
     index = build_index(BF16_SPEC, database, metric, device=device)
     bound, _, scored_queries = index._query_bounds(torch.from_numpy(queries).to(index.device), 10)
-    with _exact_cuda_matmuls(index.device):  # as the search computes it
-        bf16_scores = (scored_queries @ index._scored.T).double().cpu().numpy()  # bf16 product, float32 accumulation
+    with _exact_cuda_matmuls(index.device):  # as the search computes it, into contiguous rows
+        bf16_scores = (scored_queries @ index._scored.T).double().cpu().numpy()  # bf16 product, float32 sums
     bound = bound.cpu().numpy()
     exact = queries.astype(np.float64) @ database.astype(np.float64).T
     if metric == "l2":
@@ -617,12 +617,12 @@ def test_bf16_all_pairs_falls_back_to_float32_for_rows_with_too_many_near_ties()
         assert_exact_search(database, database, 5, metric, distances, ids)
 
 
-@pytest.mark.parametrize("device, alignment", BOUND_DEVICES)
+@pytest.mark.parametrize("device, alignment", BOUND_DEVICE_ALIGNMENTS)
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_column(metric, device, alignment,
                                                                                    monkeypatch):
     """|t - (s - c)| <= w|t| + E for the row's frame and for the column's: one pair score serves both."""
-    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", alignment)
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, device, alignment)
     rng = np.random.default_rng(3)
     bases = rng.standard_normal((20, 48)).astype(np.float32)
     database = np.concatenate([bases, low_mantissa_variants(np.repeat(bases, 10, axis=0), rng),
@@ -632,8 +632,10 @@ def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_colum
     left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16,
                                            device=index.device), 0, len(database), state.offset, "left")
     right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
+    scores = index._pair_scores(index._pair_buffer(), len(database), len(database))  # all pairs' aligned rows
     with _exact_cuda_matmuls(index.device):  # as all pairs computes it
-        pair_scores = (left @ right.T).double().cpu().numpy()  # t: bf16 product, float32 accumulation
+        torch.mm(left, right.T, out=scores)  # t: bf16 product, float32 sums
+    pair_scores = scores.double().cpu().numpy()
     x64 = database.astype(np.float64)
     half_norms = 0.5 * (x64 ** 2).sum(1) if metric == "l2" else np.zeros(len(database))
     # row i ranks by s_i(j) = x_i.x_j - h_j, offset c_i = c0 + h_i: t_ij - (s_i(j) - c_i) = t_ij - (x_i.x_j - h_i - h_j - c0)

@@ -750,6 +750,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def _pair_buffer(self) -> torch.Tensor:
         return torch.empty(self._pair_buffer_size(), dtype=torch.bfloat16, device=self.device)
 
+    def _pair_scores(self, buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+        """A rows x columns block of `buffer` whose rows are laid out at a width rounded up to
+        COLUMN_ALIGNMENT: cuda's last, narrower block keeps aligned rows."""
+        stride = _round_up(columns, self.COLUMN_ALIGNMENT[self.device.type])
+        return buffer[:rows * stride].view(rows, stride)[:, :columns]
+
     def _scan_pairs(self, k: int, buffer: torch.Tensor) -> _PairState:
         """Score every block pair (I, J), J >= I, once in `buffer`; feed it to rows I and, transposed, to rows J."""
         state = self._pair_state(k)
@@ -763,9 +769,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
             for j_start in range(i_start, n, side):
                 j_end = min(j_start + side, n)
                 right_block = self._pair_operand(right, j_start, j_end, state.offset, "right")
-                # rows of a width rounded up to COLUMN_ALIGNMENT: cuda's last, narrower block keeps aligned rows
-                stride = _round_up(j_end - j_start, self.COLUMN_ALIGNMENT[self.device.type])
-                scores = buffer[:(i_end - i_start) * stride].view(i_end - i_start, stride)[:, :j_end - j_start]
+                scores = self._pair_scores(buffer, i_end - i_start, j_end - j_start)
                 row_maxima, column_maxima = self._product(left_block, right_block, scores, j_start != i_start)
                 self._collect(state, scores, row_maxima, i_start, j_start, k)
                 if j_start != i_start:
