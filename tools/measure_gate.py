@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,9 @@ from embedsearch.ab import (ALPHA, CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS,
                             PairedBenchmark, agree_on_plan, child_pass, estimate, make_side, paired_from_record,
                             pass_estimates, run_ab, run_session, started_workers, stop_templates,
                             suspect_names, time_comparisons, undecided, write_record)
+from embedsearch.compare import Thresholds
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
+from embedsearch.stats import paired_exponent_change
 from embedsearch.storage import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -311,7 +314,8 @@ def replay(path: Path) -> dict | None:
     subset of the recorded run's suspects and second look (the others' timings are dropped);
     None for a run whose pass counts differ from this checkout's, or where the rules want a
     suspect or a second look the run did not time. Assumes the kept benchmarks' passes would
-    have read the same had their children timed fewer neighbours."""
+    have read the same had their children timed fewer neighbours. Its alarms are time and
+    scaling-exponent regressions, as kept and as replayed (`exponent_alarms`)."""
     record = json.loads(path.read_text())
     settings = record["settings"]
     if (settings["confirmations"], settings["more_confirmations"], settings["confirmation_pairs"]) != \
@@ -330,10 +334,25 @@ def replay(path: Path) -> dict | None:
     confirmations = first_look + (second_look if again else [])
     comparisons = time_comparisons(first, settings["alpha_per_look"], confirmations, settings["min_effect"], {})
     short = {c.name: c.name.split("::")[-1] for c in comparisons}  # as the record's comparisons name them
-    return {"alarms": {short[c.name] for c in comparisons if c.verdict == "slower"},
+    return {"alarms": {short[c.name] for c in comparisons if c.verdict == "slower"}
+            | exponent_alarms({short[c.name]: c.ratio for c in comparisons}),
             "slowed": {short[c.name] for c in comparisons if is_slowed(short[c.name], c.baseline)},
-            "kept_alarms": {c["name"] for c in record["comparisons"] if c["metric"] == "time" and c["verdict"] == "slower"},
+            "kept_alarms": {c["name"] for c in record["comparisons"]
+                            if (c["metric"], c["verdict"]) in (("time", "slower"), ("exponent", "changed"))},
             "kept_timings": sum(map(len, recorded)), "timings": sum(map(len, confirmations))}
+
+
+def exponent_alarms(ratios: dict[str, float]) -> set[str]:
+    """The scaling series whose exponent change, read from the paired ratios as `embedsearch ab` reads
+    it, passes the tolerance: a series is the `test_scaling` ids that differ only in `-n<size>-`
+    (a kept record holds ids, not the saved runs' parameters)."""
+    series: dict[str, dict[int, float]] = {}
+    for name, ratio in ratios.items():
+        size = re.search(r"-n(\d+)-", name)
+        if name.startswith("test_scaling[") and size:
+            series.setdefault(name.replace(size.group(0), "-"), {})[int(size.group(1))] = ratio
+    return {f"exponent of {key}" for key, points in series.items() if len(points) >= 3 and
+            abs(paired_exponent_change(list(points), list(points.values()))) > Thresholds().exponent_change}
 
 
 def print_replay(folders: list[Path]) -> None:

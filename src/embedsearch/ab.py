@@ -47,9 +47,10 @@ benchmarking, Chromium Pinpoint):
    (so an A/A run may also report a false improvement, at most ALPHA more; an A/A run of the pr
    tier once reported 3 unconfirmed improvements, all process offsets). A benchmark without
    confirmation passes is "same" or "unsure", never slower or faster.
-4. Deterministic figures (peak memory, index bytes, recall, top-1, scaling exponents) of the two
-   sides are compared with the stored-baseline gate's tolerances; a test that fails on the head
-   side only is a regression.
+4. Deterministic figures (peak memory, index bytes, recall, top-1) of the two sides are compared
+   with the stored-baseline gate's tolerances; a test that fails on the head side only is a
+   regression. A scaling exponent's change is read from the paired ratios
+   (`paired_exponent_changes`), with the stored gate's tolerance.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import Comparison, GateReport, Thresholds, compare_exponents, compare_figures, format_value
+from .compare import Comparison, GateReport, Thresholds, compare_figures, figure, format_value
 from .files import write_atomically
-from .stats import PairedEstimate, across_passes, benjamini_hochberg, crossover_estimate
+from .stats import (PairedEstimate, across_passes, benjamini_hochberg, crossover_estimate, paired_exponent_change,
+                    scaling_exponents, scaling_key)
 from .storage import Run, load_run, save_run
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
@@ -779,7 +781,7 @@ def judge(base: Side, head: Side, first: Session, confirmations: list[list[Paire
     for name in sorted(set(base_benchmarks) & set(head_benchmarks)):
         report.comparisons += compare_figures(name, base_benchmarks[name].get("extra_info") or {},
                                               head_benchmarks[name].get("extra_info") or {}, thresholds)
-    report.comparisons += compare_exponents(runs["base"], runs["head"], thresholds)
+    report.comparisons += paired_exponent_changes(report.comparisons, runs["base"], thresholds)
     for nodeid, outcome in head.outcomes.items():
         base_outcome = base.outcomes.get(nodeid, "")
         if outcome.startswith("failed") and not base_outcome.startswith("failed"):
@@ -790,6 +792,30 @@ def judge(base: Side, head: Side, first: Session, confirmations: list[list[Paire
         elif outcome != base_outcome:
             report.notes.append(f"{nodeid}: base {base_outcome}, head {outcome}: not timed on both sides")
     return report
+
+
+def paired_exponent_changes(time: list[Comparison], base: Run, thresholds: Thresholds) -> list[Comparison]:
+    """Each scaling series' exponent change (`stats.paired_exponent_change`) from its time verdicts' ratios.
+
+    Each size's ratio is its time verdict's: its confirmation passes' (fresh set-ups) where it was
+    a suspect, else its first pass's, which lies within the suspect limits. So the offsets of the
+    first pass's two processes, which exponents fitted to each side's own medians carry, count
+    only where they are small (an A/A run at 492fe17: own medians 0.813 against 1.032; the first
+    pass's paired ratios, slope 0.192; the verdicts', all four sizes confirmed, 0.015). Shown as
+    the base side's exponent, fitted to the sizes timed on both sides, and that plus the change; a
+    change beyond `thresholds.exponent_change` either way is a regression. A series needs three
+    sizes or more."""
+    ratios = {c.name: c.ratio for c in time if c.metric == "time"}
+    timed = [bench for bench in base.data["benchmarks"] if bench["name"] in ratios]
+    comparisons = []
+    for fit in scaling_exponents(timed):
+        key = fit["series"]
+        sizes = {int(bench["extra_info"]["n"]): ratios[bench["name"]]
+                 for bench in timed if (bench.get("extra_info") or {}).get("scaling") and scaling_key(bench) == key}
+        change = paired_exponent_change(list(sizes), list(sizes.values()))
+        verdict = "changed" if abs(change) > thresholds.exponent_change else "same"
+        comparisons.append(figure(key, "exponent", fit["exponent"], fit["exponent"] + change, verdict))
+    return comparisons
 
 
 def markdown_summary(result: ABResult) -> str:
