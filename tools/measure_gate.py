@@ -50,12 +50,11 @@ from pathlib import Path
 import numpy as np
 
 from embedsearch.ab import (ALPHA, CONFIRMATION_PAIRS, CONFIRMATIONS, MAX_PAIRS, MORE_CONFIRMATIONS, PAIRS, ABResult,
-                            PairedBenchmark, agree_on_plan, child_pass, estimate, make_side, paired_from_record,
-                            pass_estimates, run_ab, run_session, started_workers, stop_templates,
+                            PairedBenchmark, agree_on_plan, child_pass, estimate, make_side, paired_exponent_changes,
+                            paired_from_record, pass_estimates, run_ab, run_session, started_workers, stop_templates,
                             suspect_names, time_comparisons, undecided, write_record)
-from embedsearch.compare import Thresholds
+from embedsearch.compare import Comparison, Thresholds
 from embedsearch.gate import compare_runs, confirm_suspects, rerun_suite
-from embedsearch.stats import paired_exponent_change
 from embedsearch.storage import Run, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -343,16 +342,18 @@ def replay(path: Path) -> dict | None:
 
 
 def exponent_alarms(ratios: dict[str, float]) -> set[str]:
-    """The scaling series whose exponent change, read from the paired ratios as `embedsearch ab` reads
-    it, passes the tolerance: a series is the `test_scaling` ids that differ only in `-n<size>-`
-    (a kept record holds ids, not the saved runs' parameters)."""
-    series: dict[str, dict[int, float]] = {}
+    """The scaling series `embedsearch.ab.paired_exponent_changes` finds changed, from a kept record's
+    time ratios: a series is the `test_scaling` ids that differ only in `-n<size>-` (a kept record
+    holds ids, not the saved runs' parameters)."""
+    benchmarks, time = [], []
     for name, ratio in ratios.items():
         size = re.search(r"-n(\d+)-", name)
         if name.startswith("test_scaling[") and size:
-            series.setdefault(name.replace(size.group(0), "-"), {})[int(size.group(1))] = ratio
-    return {f"exponent of {key}" for key, points in series.items() if len(points) >= 3 and
-            abs(paired_exponent_change(list(points), list(points.values()))) > Thresholds().exponent_change}
+            info = {"scaling": True, "n": int(size.group(1)), "spec": name.replace(size.group(0), "-")}
+            benchmarks.append({"name": name, "extra_info": info, "stats": {"median": 1.0}})
+            time.append(Comparison(name, "time", 1.0, ratio, ratio))
+    changed = paired_exponent_changes(time, Run({"benchmarks": benchmarks}), Thresholds())
+    return {"exponent of " + c.name.split("spec=", 1)[1] for c in changed if c.regression}
 
 
 def print_replay(folders: list[Path]) -> None:

@@ -77,8 +77,7 @@ import numpy as np
 
 from .compare import Comparison, GateReport, Thresholds, compare_figures, figure, format_value
 from .files import write_atomically
-from .stats import (PairedEstimate, across_passes, benjamini_hochberg, crossover_estimate, paired_exponent_change,
-                    scaling_exponents, scaling_key)
+from .stats import PairedEstimate, across_passes, benjamini_hochberg, crossover_estimate, scaling_exponents
 from .storage import Run, load_run, save_run
 
 ALPHA = 0.05  # family-wise false-alarm rate of one gate run
@@ -795,26 +794,27 @@ def judge(base: Side, head: Side, first: Session, confirmations: list[list[Paire
 
 
 def paired_exponent_changes(time: list[Comparison], base: Run, thresholds: Thresholds) -> list[Comparison]:
-    """Each scaling series' exponent change (`stats.paired_exponent_change`) from its time verdicts' ratios.
+    """Each scaling series' exponent change: `stats.scaling_exponents` of its time verdicts' ratios.
 
-    Each size's ratio is its time verdict's: its confirmation passes' (fresh set-ups) where it was
-    a suspect, else its first pass's, which lies within the suspect limits. So the offsets of the
-    first pass's two processes, which exponents fitted to each side's own medians carry, count
-    only where they are small (an A/A run at 492fe17: own medians 0.813 against 1.032; the first
-    pass's paired ratios, slope 0.192; the verdicts', all four sizes confirmed, 0.015). Shown as
-    the base side's exponent, fitted to the sizes timed on both sides, and that plus the change; a
-    change beyond `thresholds.exponent_change` either way is a regression. A series needs three
-    sizes or more."""
+    Fitted to the same sizes, the head's exponent less the base's is the exponent of the ratios
+    head / base, since least squares is linear in the log times; so it assumes what
+    `scaling_exponents` does, of the ratios. Each size's ratio is its time verdict's: its
+    confirmation passes' (fresh set-ups) where it was a suspect, else its first pass's, which lies
+    within the suspect limits. So the offsets of the first pass's two processes, which exponents
+    fitted to each side's own medians carry, count only where they are small (an A/A run at
+    492fe17: own medians 0.813 against 1.032; the first pass's paired ratios, slope 0.192; the
+    verdicts', all four sizes confirmed, 0.015). Shown as the base side's exponent, fitted to the
+    sizes timed on both sides, and that plus the change; a change beyond
+    `thresholds.exponent_change` either way is a regression. A series needs three sizes or more."""
     ratios = {c.name: c.ratio for c in time if c.metric == "time"}
     timed = [bench for bench in base.data["benchmarks"] if bench["name"] in ratios]
+    changes = {fit["series"]: fit["exponent"]
+               for fit in scaling_exponents([{**bench, "stats": {"median": ratios[bench["name"]]}} for bench in timed])}
     comparisons = []
     for fit in scaling_exponents(timed):
-        key = fit["series"]
-        sizes = {int(bench["extra_info"]["n"]): ratios[bench["name"]]
-                 for bench in timed if (bench.get("extra_info") or {}).get("scaling") and scaling_key(bench) == key}
-        change = paired_exponent_change(list(sizes), list(sizes.values()))
+        change = changes[fit["series"]]
         verdict = "changed" if abs(change) > thresholds.exponent_change else "same"
-        comparisons.append(figure(key, "exponent", fit["exponent"], fit["exponent"] + change, verdict))
+        comparisons.append(figure(fit["series"], "exponent", fit["exponent"], fit["exponent"] + change, verdict))
     return comparisons
 
 

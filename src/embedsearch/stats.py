@@ -3,7 +3,6 @@
 - `bootstrap_ratio`: unpaired ratio of medians (the stored-baseline gate).
 - `crossover_estimate`: paired log-ratios of rounds run interleaved in time, both orders (the A/B gate).
 - `scaling_exponents`: least-squares exponent of time vs n.
-- `paired_exponent_change`: the change of that exponent, from paired ratios.
 - `change_points`: steps of a benchmark's series over runs (the history), a penalised L1
   piecewise-constant fit.
 
@@ -178,15 +177,6 @@ def scaling_exponents(benchmarks: list[dict]) -> list[dict]:
         fits.append({"series": key, "exponent": float(exponent), "n": [int(n) for n in sizes],
                      "seconds": [float(s) for s in seconds]})
     return fits
-
-
-def paired_exponent_change(sizes: list[int], ratios: list[float]) -> float:
-    """The change of a scaling exponent from paired head / base time ratios, one per size.
-
-    Fitted to the same sizes, the head's exponent less the base's is the least-squares slope of
-    log(ratio) over log n, since least squares is linear in the log times. Assumes what
-    `scaling_exponents` does, of the ratios: a power law with multiplicative noise."""
-    return float(np.polyfit(np.log(np.asarray(sizes, dtype=np.float64)), np.log(ratios), 1)[0])
 
 
 SCALING_PARAMETERS = ("spec", "d", "k", "nq", "metric", "device", "params", "dataset")  # not its hash: it varies with n
