@@ -403,7 +403,7 @@ def near_tie_problems(draw):
                               rng.standard_normal((3, d)).astype(np.float32)])[: draw(st.integers(1, 15))]
     k = draw(st.integers(1, min(len(database), 30)))
     metric = draw(st.sampled_from(["l2", "ip"]))
-    blocks = draw(st.sampled_from([(1, 4), (2, 8), (4, 16), (16, 64), (1024, 8192)]))
+    blocks = draw(st.sampled_from([(1, 4), (3, 5), (2, 8), (4, 16), (16, 64), (1024, 8192)]))
     chunk = draw(st.sampled_from([2, 4]))
     return database, queries, k, metric, blocks, chunk
 
@@ -421,15 +421,17 @@ def kernel_maxima_from_torch(kernel: bool):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=near_tie_problems(), kernel=st.booleans())
-def test_bf16_search_equals_reference_on_near_ties(problem, kernel):
-    """kernel: with the maxima computed beside the product, as on cuda."""
+@given(problem=near_tie_problems(), alignment=st.sampled_from([1, 8]), kernel=st.booleans())
+def test_bf16_search_equals_reference_on_near_ties(problem, alignment, kernel):
+    """alignment 8: cuda's zero-padded columns and score rows laid out at multiples of 8 (database
+    blocks of 5 columns too); kernel: with the maxima computed beside the product, as on cuda."""
     database, queries, k, metric, (query_block, database_block), chunk = problem
-    index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cpu"), query_block, database_block)
-    index.CHUNK = chunk  # small chunks: the chunked selection runs on small blocks too
-    index.add(database)
-    with kernel_maxima_from_torch(kernel):
-        distances, ids = index.search(queries, k)
+    with mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}):
+        index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cpu"), query_block, database_block)
+        index.CHUNK = chunk  # small chunks: the chunked selection runs on small blocks too
+        index.add(database)
+        with kernel_maxima_from_torch(kernel):
+            distances, ids = index.search(queries, k)
     assert_exact_search(database, queries, k, metric, distances, ids)
     assert 0.0 <= index.last_certified_fraction <= 1.0
 
@@ -450,8 +452,10 @@ def test_bf16_error_bound_holds_for_every_score(metric, device, alignment, monke
     queries = np.concatenate([bases, low_mantissa_variants(bases, rng), database[-50:]])
     index = build_index(BF16_SPEC, database, metric, device=device)
     bound, _, scored_queries = index._query_bounds(torch.from_numpy(queries).to(index.device), 10)
-    with _exact_cuda_matmuls(index.device):  # as the search computes it, into contiguous rows
-        bf16_scores = (scored_queries @ index._scored.T).double().cpu().numpy()  # bf16 product, float32 sums
+    scores = index._aligned_scores(index._score_buffer(len(queries)), len(queries), len(database))
+    with _exact_cuda_matmuls(index.device):  # as the search computes it: aligned rows, 936 + 4 columns at 8
+        index._matmul_into(scored_queries, index._scored, scores)  # bf16 product, float32 sums
+    bf16_scores = scores.double().cpu().numpy()
     bound = bound.cpu().numpy()
     exact = queries.astype(np.float64) @ database.astype(np.float64).T
     if metric == "l2":
@@ -632,9 +636,9 @@ def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_colum
     left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16,
                                            device=index.device), 0, len(database), state.offset, "left")
     right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
-    scores = index._pair_scores(index._pair_buffer(), len(database), len(database))  # all pairs' aligned rows
-    with _exact_cuda_matmuls(index.device):  # as all pairs computes it
-        torch.mm(left, right.T, out=scores)  # t: bf16 product, float32 sums
+    scores = index._aligned_scores(index._pair_buffer(), len(database), len(database))  # all pairs' aligned rows
+    with _exact_cuda_matmuls(index.device):  # as all pairs computes it: 336 + 4 columns at alignment 8
+        index._matmul_into(left, right, scores)  # t: bf16 product, float32 sums
     pair_scores = scores.double().cpu().numpy()
     x64 = database.astype(np.float64)
     half_norms = 0.5 * (x64 ** 2).sum(1) if metric == "l2" else np.zeros(len(database))
@@ -748,6 +752,28 @@ def test_bf16_refuses_rocm(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", "6.2.0")
     with pytest.raises(ValueError, match="assumes NVIDIA tensor cores.*ROCm"):
         TorchFlatBf16Index(8, "ip", torch.device("cuda"))
+
+
+def test_bf16_search_lays_every_block_of_scores_out_in_aligned_rows(monkeypatch):
+    """At cuda's alignment of 8, blocks of 13 columns and the last one of 4 are written into rows of 16
+    and 8 bf16 values, a block's columns past a multiple of 8 by a second product (cuBLAS takes a slow
+    kernel for a column count that is not one); the buffer holds them."""
+    monkeypatch.setitem(TorchFlatBf16Index.COLUMN_ALIGNMENT, "cpu", 8)
+    database = np.random.default_rng(7).standard_normal((30, 6)).astype(np.float32)
+    index = bf16_index_with_blocks(database, "ip", pair_block=8, query_block=4, database_block=13)
+    assert index.score_buffer_shape(10) == (4, 16)
+    products = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda left, right, out: (
+        products.append((out.shape[1], out.stride(0), out.data_ptr() - buffer_start[0])), real_mm(left, right, out=out))[1])
+    real_buffer = TorchFlatBf16Index._score_buffer
+    buffer_start = []
+    monkeypatch.setattr(TorchFlatBf16Index, "_score_buffer", lambda self, nq: (
+        buffer := real_buffer(self, nq), buffer_start.append(buffer.data_ptr()))[0])
+    distances, ids = index.search(database[:10], 3)
+    # each block of 13 columns: 8 and then 5 (the thin product, 16 bytes into the row); the last: 4
+    assert sorted(set(products)) == [(4, 8, 0), (5, 16, 16), (8, 16, 0)]
+    assert_exact_search(database, database[:10], 3, "ip", distances, ids)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])

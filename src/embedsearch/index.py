@@ -413,9 +413,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
     # Larger query blocks on cuda: fewer, bigger products (measured on an H200, README)
     DEFAULT_BLOCKS = {**TorchFlatIndex.DEFAULT_BLOCKS, "cuda": (16384, 65536)}
     PAIR_BLOCKS = {"cpu": 4096, "cuda": 65536}  # all_pairs_search's square blocks: rows (= columns) per block
-    # Columns of the product operands are padded with zeros to a multiple of this, and all pairs'
-    # score rows are laid out at a multiple of it: on cuda, bf16 rows that are not 16-byte aligned
-    # sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
+    # Columns of the product operands are padded with zeros to a multiple of this, and the score
+    # rows of search and all pairs are laid out at a multiple of it: on cuda, bf16 rows that are
+    # not 16-byte aligned sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
     COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
     SEED_CHUNK = 8  # all_pairs_search's first θ without the kernel's maxima: columns per max (smaller: nearer the k-th)
     RESEED_ROWS = 1024  # rows of a block copied at once to raise a crowded row's θ without chunk maxima
@@ -450,7 +450,8 @@ class TorchFlatBf16Index(TorchFlatIndex):
 
     def score_buffer_shape(self, nq: int) -> tuple[int, int]:
         rows, columns = super().score_buffer_shape(nq)
-        return rows + rows % 2 if rows > 1 else 2, columns  # even: its memory also holds rows / 2 float32 rows
+        # even: its memory also holds rows / 2 float32 rows; columns: the rows' aligned width (`_aligned_scores`)
+        return rows + rows % 2 if rows > 1 else 2, _round_up(columns, self.COLUMN_ALIGNMENT[self.device.type])
 
     def score_buffer_bytes(self, nq: int) -> int:
         """Bytes of the bf16 score buffer a search of nq queries allocates (float32 fall-back reuses it)."""
@@ -576,9 +577,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
         theta = None
         for x_start in range(0, self.ntotal, self.database_block):
             block = self._scored[x_start:x_start + self.database_block]
-            scores = buffer[:rows * len(block)].view(rows, len(block))
+            scores = self._aligned_scores(buffer, rows, len(block))
             if theta is None:  # no threshold yet: take the block's best capacity + 1 directly
-                torch.mm(scored_queries, block.T, out=scores)
+                self._matmul_into(scored_queries, block, scores)
                 new_scores, new_ids = scores.topk(min(capacity + 1, len(block)), dim=1)
                 new_scores = new_scores.float()
             else:
@@ -607,10 +608,21 @@ class TorchFlatBf16Index(TorchFlatIndex):
         """out = bf16(left · rightᵀ). On cuda with Triton, also the CHUNK maxima of out's rows and, columns_too,
         of outᵀ's rows, from one read of out (`chunk_maxima_both_ways`); elsewhere (None, None), and
         `_survivors` takes them itself."""
-        torch.mm(left, right.T, out=out)
+        self._matmul_into(left, right, out)
         if maxima_kernel_available(self.device):
             return chunk_maxima_both_ways(out, self.CHUNK, columns_too)
         return None, None
+
+    def _matmul_into(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor) -> None:
+        """out = left · rightᵀ. Where COLUMN_ALIGNMENT > 1 (cuda), the columns past its last multiple are a
+        second, thin product: cuBLAS ran a product whose column count was not a multiple of 8 in a
+        Turing-era kernel (cutlass_75) at under a quarter of Hopper's speed a column, whatever the
+        layout of out's rows (torch profiler, one H100, README)."""
+        aligned = out.shape[1] // self.COLUMN_ALIGNMENT[self.device.type] * self.COLUMN_ALIGNMENT[self.device.type]
+        if 0 < aligned < out.shape[1]:
+            torch.mm(left, right[aligned:].T, out=out[:, aligned:])
+            out, right = out[:, :aligned], right[:aligned]
+        torch.mm(left, right.T, out=out)
 
     def _above_threshold(self, scores: torch.Tensor, maxima: torch.Tensor | None, theta: torch.Tensor,
                          failed: torch.Tensor, capacity: int, k: int, bound: torch.Tensor, slack: torch.Tensor
@@ -750,9 +762,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
     def _pair_buffer(self) -> torch.Tensor:
         return torch.empty(self._pair_buffer_size(), dtype=torch.bfloat16, device=self.device)
 
-    def _pair_scores(self, buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    def _aligned_scores(self, buffer: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
         """A rows x columns block of `buffer` whose rows are laid out at a width rounded up to
-        COLUMN_ALIGNMENT: cuda's last, narrower block keeps aligned rows."""
+        COLUMN_ALIGNMENT: on cuda a last, narrower block (or an odd database_block) keeps aligned rows."""
         stride = _round_up(columns, self.COLUMN_ALIGNMENT[self.device.type])
         return buffer[:rows * stride].view(rows, stride)[:, :columns]
 
@@ -769,7 +781,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
             for j_start in range(i_start, n, side):
                 j_end = min(j_start + side, n)
                 right_block = self._pair_operand(right, j_start, j_end, state.offset, "right")
-                scores = self._pair_scores(buffer, i_end - i_start, j_end - j_start)
+                scores = self._aligned_scores(buffer, i_end - i_start, j_end - j_start)
                 row_maxima, column_maxima = self._product(left_block, right_block, scores, j_start != i_start)
                 self._collect(state, scores, row_maxima, i_start, j_start, k)
                 if j_start != i_start:
