@@ -50,6 +50,7 @@ def assert_same_results(got, expected, database, queries, metric, atol=1e-5):
     (distances, ids), (expected_distances, expected_ids) = got, expected
     np.testing.assert_allclose(distances, expected_distances, rtol=0, atol=atol)
     np.testing.assert_array_equal(ids == -1, expected_ids == -1)  # the same ranks left empty
+    assert all(len(set(row)) == len(row) for row in (row[row >= 0] for row in ids))  # no id twice in a row
     np.testing.assert_allclose(float64_distances(database, queries, ids, metric),
                                float64_distances(database, queries, expected_ids, metric), rtol=0, atol=atol)
 

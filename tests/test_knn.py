@@ -144,6 +144,7 @@ def test_leave_one_out_with_bf16_equals_flat():
     vectors = split.train_vectors.astype(np.float64)
     scores = [np.einsum("nd,nkd->nk", vectors, vectors[ids]) for ids in (bf16[1], flat[1])]
     np.testing.assert_allclose(scores[0], scores[1], rtol=0, atol=1e-6)
+    assert all(len(set(row)) == 20 for row in bf16[1].tolist())
     assert index.last_certified_fraction > 0.99
 
 

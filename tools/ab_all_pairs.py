@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--class-order", action="store_true", help="store the vectors sorted by class")
     parser.add_argument("--search", type=int, metavar="QUERIES", help="time batch search of QUERIES val vectors")
     args = parser.parse_args()
+    if args.search is not None and args.search < 1:
+        parser.error(f"--search {args.search}: expected at least 1 query")
     from embedsearch.data import synthetic_embeddings
 
     rng = random.Random(args.seed)

@@ -413,9 +413,10 @@ class TorchFlatBf16Index(TorchFlatIndex):
     # Larger query blocks on cuda: fewer, bigger products (measured on an H200, README)
     DEFAULT_BLOCKS = {**TorchFlatIndex.DEFAULT_BLOCKS, "cuda": (16384, 65536)}
     PAIR_BLOCKS = {"cpu": 4096, "cuda": 65536}  # all_pairs_search's square blocks: rows (= columns) per block
-    # Columns of the product operands are padded with zeros to a multiple of this, and the score
-    # rows of search and all pairs are laid out at a multiple of it: on cuda, bf16 rows that are
-    # not 16-byte aligned sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200.
+    # Columns of the product operands are padded with zeros to a multiple of this (on cuda, operands
+    # of 385 columns sent cuBLAS to a Turing-era kernel at ~115 TFLOP/s on an H200), the score rows of
+    # search and all pairs are laid out at a multiple of it, and the columns of a product past its
+    # last multiple are a second product (`_matmul_into`): a count of columns that is not one did too.
     COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
     SEED_CHUNK = 8  # all_pairs_search's first θ without the kernel's maxima: columns per max (smaller: nearer the k-th)
     RESEED_ROWS = 1024  # rows of a block copied at once to raise a crowded row's θ without chunk maxima
