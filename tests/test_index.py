@@ -527,7 +527,8 @@ def all_pairs_problems(draw):
     pair_block = draw(st.sampled_from([1, 2, 3, 5, 16, 2048]))
     seed_chunk = draw(st.sampled_from([1, 2, 8]))
     refresh = draw(st.sampled_from([0, 16]))
-    return database, k, metric, pair_block, chunk, seed_chunk, refresh
+    seed_window = draw(st.sampled_from([0, 3, 1024]))  # no seed pass; windows (often) under k; of pair_block rows
+    return database, k, metric, pair_block, chunk, seed_chunk, refresh, seed_window
 
 
 def bf16_index_with_blocks(database, metric, pair_block, chunk=64, seed_chunk=8, refresh=16, query_block=4,
@@ -543,8 +544,9 @@ def bf16_index_with_blocks(database, metric, pair_block, chunk=64, seed_chunk=8,
 def test_bf16_all_pairs_equals_reference_on_near_ties(problem, alignment, kernel):
     """alignment 8: cuda's zero-padded columns and score rows laid out at multiples of 8; kernel: with
     the maxima computed beside the product, both ways, as on cuda."""
-    database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
-    with mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}), kernel_maxima_from_torch(kernel):
+    database, k, metric, pair_block, chunk, seed_chunk, refresh, seed_window = problem
+    with (mock.patch.dict(TorchFlatBf16Index.COLUMN_ALIGNMENT, {"cpu": alignment}), kernel_maxima_from_torch(kernel),
+          mock.patch.dict(TorchFlatBf16Index.SEED_WINDOW_ROWS, {"cpu": seed_window})):
         index = bf16_index_with_blocks(database, metric, pair_block, chunk, seed_chunk, refresh)
         distances, ids = index.all_pairs_search(k)
     assert_exact_search(database, database, k, metric, distances, ids)
@@ -562,9 +564,11 @@ def test_bf16_all_pairs_equals_search_and_certifies_clustered_data(metric):
     np.testing.assert_allclose(distances, search_distances, atol=1e-5)
 
 
-def test_bf16_all_pairs_with_the_kernel_seeds_from_its_maxima_without_a_second_pass():
+def test_bf16_all_pairs_with_the_kernel_seeds_from_its_maxima_without_a_second_pass(monkeypatch):
     """Where the product takes the chunk maxima (cuda's kernel), a row's first θ comes from them: no
-    block is reduced again (on an H100, all pairs at ImageNet's shape: 5.17 s with that pass, 4.89 s seeded from the 64-column maxima)."""
+    block is reduced again (on an H100, all pairs at ImageNet's shape: 5.17 s with that pass, 4.89 s seeded from the 64-column maxima).
+    No seed pass, as on cuda."""
+    monkeypatch.setitem(TorchFlatBf16Index.SEED_WINDOW_ROWS, "cpu", 0)
     vectors = clustered_embeddings(3001, 0, 32, 8, seed=5).train_vectors
     index = bf16_index_with_blocks(vectors, "ip", pair_block=1024, query_block=256, database_block=1024)
     with kernel_maxima_from_torch(True), mock.patch("embedsearch.index._chunk_maxima", wraps=_chunk_maxima) as passes:
@@ -592,10 +596,13 @@ def test_bf16_search_certifies_queries_over_vectors_stored_in_class_order(kernel
 
 
 @pytest.mark.parametrize("kernel", [False, True])
-def test_bf16_all_pairs_certifies_rows_stored_in_class_order(kernel):
-    """Vectors in class order (as an ImageFolder gives them): rows of a later block meet other classes
-    first, so their θ sits far below their own class, whose ~375 vectors then crowd one block. Such a
-    row's θ rises to the block's own k-th (before: 38% of rows certified, the rest searched in float32)."""
+@pytest.mark.parametrize("seed_window", [0, 1024])
+def test_bf16_all_pairs_certifies_rows_stored_in_class_order(kernel, seed_window, monkeypatch):
+    """Vectors in class order (as an ImageFolder gives them): without the seed pass (seed_window 0, as on
+    cuda), rows of a later block meet other classes first, so their θ sits far below their own class,
+    whose ~375 vectors then crowd one block. Such a row's θ rises to the block's own k-th (before: 38%
+    of rows certified, the rest searched in float32). With it, a row starts from its own class."""
+    monkeypatch.setitem(TorchFlatBf16Index.SEED_WINDOW_ROWS, "cpu", seed_window)
     split = clustered_embeddings(3001, 0, 32, 8, separation=1.0, seed=5)
     vectors = split.train_vectors[np.argsort(split.train_labels, kind="stable")]
     index = bf16_index_with_blocks(vectors, "ip", pair_block=1024, query_block=256, database_block=1024)
@@ -634,8 +641,8 @@ def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_colum
     index = build_index(BF16_SPEC, database, metric, device=device)
     state = index._pair_state(10)
     left = index._pair_operand(torch.empty((len(database), index.pair_columns), dtype=torch.bfloat16,
-                                           device=index.device), 0, len(database), state.offset, "left")
-    right = index._pair_operand(torch.empty_like(left), 0, len(database), state.offset, "right").clone()
+                                           device=index.device), slice(0, len(database)), state.offset, "left")
+    right = index._pair_operand(torch.empty_like(left), slice(0, len(database)), state.offset, "right").clone()
     scores = index._aligned_scores(index._pair_buffer(), len(database), len(database))  # all pairs' aligned rows
     with _exact_cuda_matmuls(index.device):  # as all pairs computes it: 336 + 4 columns at alignment 8
         index._matmul_into(left, right, scores)  # t: bf16 product, float32 sums
@@ -649,6 +656,79 @@ def test_bf16_pair_scores_meet_the_error_bound_of_both_their_row_and_their_colum
     assert (error <= rounding + bound[:, None]).all()  # the row's bound
     assert (error <= rounding + bound[None, :]).all()  # the column's bound
     assert (error.max(axis=1) > 0.05 * bound).any()  # the bound is not vacuous
+
+
+def seeded_state(index, k):
+    """all_pairs_search's state after its seed pass, the seed's row order, and the buffer and operands it used."""
+    state = index._pair_state(k)
+    buffer = index._pair_buffer()
+    left = torch.empty((min(index.pair_block, index.ntotal), index.pair_columns), dtype=torch.bfloat16)
+    right = torch.empty_like(left)
+    index._seed_thresholds(state, k, buffer, left, right)
+    return state, index._seed_order(), buffer, left, right
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_seed_pass_sets_each_rows_theta_from_its_kth_largest_score_in_its_window(metric):
+    """3001 rows in the seed's order, windows of 1001, 1000 and 1000: a row's first θ is the one from its
+    k-th largest t over its window's columns but the last partial chunk of 8 (`_kth_in_top_chunks`
+    reads the top k full chunks)."""
+    vectors = clustered_embeddings(3001, 0, 32, 6, seed=3).train_vectors
+    index = bf16_index_with_blocks(vectors, metric, pair_block=1024)
+    state, order, buffer, left, right = seeded_state(index, 10)
+    windows = order.tensor_split(3)
+    assert [len(rows) for rows in windows] == [1001, 1000, 1000]
+    for rows in windows:
+        scores = index._aligned_scores(buffer, len(rows), len(rows))  # the window's product again
+        index._matmul_into(index._pair_operand(left, rows, state.offset, "left"),
+                           index._pair_operand(right, rows, state.offset, "right"), scores)
+        kth = scores[:, :len(rows) // 8 * 8].float().topk(10, dim=1).values[:, -1]
+        assert torch.equal(state.theta[rows], index._threshold(kth, state.bound[rows], state.slack[rows]))
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_bf16_seed_pass_in_windows_keeps_every_rows_top_k(metric):
+    """Windows of 256 of 3001 rows (12 windows: one of 251, eleven of 250): every row's first θ is finite, and
+    the t of each vector of its float32 top k, from the scan's product of all rows, reaches it."""
+    vectors = clustered_embeddings(3001, 0, 32, 8, separation=1.0, seed=5).train_vectors
+    index = bf16_index_with_blocks(vectors, metric, pair_block=256)
+    state, _, _, _, _ = seeded_state(index, 10)
+    assert torch.isfinite(state.theta.float()).all()
+    every = slice(0, index.ntotal)
+    left = torch.empty((index.ntotal, index.pair_columns), dtype=torch.bfloat16)
+    scores = torch.empty((index.ntotal, index.ntotal), dtype=torch.bfloat16)
+    index._matmul_into(index._pair_operand(left, every, state.offset, "left"),
+                       index._pair_operand(torch.empty_like(left), every, state.offset, "right"), scores)
+    _, top_ids = build_index(TORCH_SPEC, vectors, metric).search(vectors, 10)
+    assert (scores.gather(1, torch.from_numpy(top_ids)) >= state.theta[:, None]).all()
+
+
+def test_bf16_seed_pass_leaves_rows_of_windows_under_k_to_their_first_block():
+    vectors = clustered_embeddings(40, 0, 8, 2, seed=1).train_vectors
+    index = bf16_index_with_blocks(vectors, "ip", pair_block=16)  # windows of 14, 13 and 13 rows
+    state, _, _, _, _ = seeded_state(index, 14)
+    assert torch.isfinite(state.theta.float()).sum() == 14  # the window of 14
+    distances, ids = index.all_pairs_search(14)
+    assert_exact_search(vectors, vectors, 14, "ip", distances, ids)
+
+
+def test_bf16_seed_pass_cuts_the_scores_the_scan_keeps(monkeypatch):
+    """The point of the seed pass: rows start from a θ near their final one, so the scan's selection
+    passes far fewer t (measured at 100k x 384: 5.29 -> 1.61 a row and block, README)."""
+    vectors = clustered_embeddings(8192, 0, 32, 64, separation=1.0, seed=2).train_vectors
+    survivors = TorchFlatBf16Index._survivors
+    kept = []
+    monkeypatch.setattr(TorchFlatBf16Index, "_survivors", lambda *args: (
+        found := survivors(*args), kept.append(len(found[0])))[0])
+    passed = {}
+    for seed_window in (0, 1024):
+        monkeypatch.setitem(TorchFlatBf16Index.SEED_WINDOW_ROWS, "cpu", seed_window)
+        index = bf16_index_with_blocks(vectors, "ip", pair_block=1024, query_block=256, database_block=1024)
+        kept.clear()
+        distances, ids = index.all_pairs_search(10)
+        passed[seed_window] = sum(kept)
+        assert_exact_search(vectors, vectors, 10, "ip", distances, ids)
+    assert passed[1024] < passed[0] / 2
 
 
 def test_bf16_all_pairs_rejects_bad_k_and_an_empty_index():
@@ -680,7 +760,7 @@ def test_bf16_cuda_search_equals_reference_on_near_ties(problem):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=all_pairs_problems())
 def test_bf16_cuda_all_pairs_equals_reference_on_near_ties(problem):
-    database, k, metric, pair_block, chunk, seed_chunk, refresh = problem
+    database, k, metric, pair_block, chunk, seed_chunk, refresh, _ = problem
     pair_block = max(pair_block, 16)  # one-row blocks launch thousands of kernels per example on cuda
     index = TorchFlatBf16Index(database.shape[1], metric, torch.device("cuda"), 4, 16)
     index.pair_block, index.CHUNK, index.SEED_CHUNK, index.REFRESH = pair_block, chunk, seed_chunk, refresh

@@ -5,7 +5,8 @@ import torch
 from embedsearch.data import clustered_embeddings
 from embedsearch.index import BF16_SPEC, TORCH_SPEC, build_index, create_index
 from embedsearch.memory import (RUNTIME_ALLOWANCE_BYTES, all_pairs_model_bytes, build_model_bytes,
-                                exact_search_model_bytes, measure_stage, profile_memory, vit_embedding_model_bytes)
+                                exact_search_model_bytes, measure_stage, profile_memory, seed_pass_bytes,
+                                vit_embedding_model_bytes)
 
 N, D, NQ, K = 50_000, 128, 1000, 10
 LEAK_BUDGET_BYTES = 64 * 2**10  # for 10 repeated calls: far below one leaked result or query copy
@@ -138,6 +139,20 @@ def test_bf16_search_stays_within_its_memory_model(split):
     index.search(split.val_vectors, K)
     _, profile = profile_memory(lambda: index.search(split.val_vectors, K) and None)
     assert index.score_buffer_bytes(NQ) <= profile.peak_bytes <= exact_search_model_bytes(index, NQ, K)
+
+
+def test_bf16_seed_pass_stays_within_its_memory_model(split):
+    index = build_index(BF16_SPEC, split.train_vectors, "ip")  # 49 windows of 1021 rows or 1020
+    state = index._pair_state(K + 1)
+    buffer = index._pair_buffer()
+    left = torch.empty((index.pair_block, index.pair_columns), dtype=torch.bfloat16)
+    right = torch.empty_like(left)
+    seed = lambda: index._seed_thresholds(state, K + 1, buffer, left, right)  # noqa: E731
+    seed()
+    _, profile = profile_memory(seed)
+    sample, centroids = index.SEED_SAMPLE, index.SEED_CENTROIDS
+    # at least the k-means sample in float32 beside its float32 scores against the centroids
+    assert sample * 4 * (D + centroids) <= profile.peak_bytes <= seed_pass_bytes(index, K + 1)
 
 
 def test_bf16_all_pairs_stays_within_its_memory_model(split):

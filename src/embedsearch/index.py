@@ -382,12 +382,21 @@ class TorchFlatBf16Index(TorchFlatIndex):
     and, written with j, for j's row. So E per stored vector bounds every t it takes part in, as
     a row or as a column, and θ, the running candidates and the float32 fall-back per row follow
     as above. c0 sits a little below the lowest k-th float32 score of OFFSET_SAMPLE evenly spaced
-    vectors among themselves, so most rows' θ is >= +0 (the int16 pass). A row's
-    first block sets θ from the k-th largest max over SEED_CHUNK columns (k distinct vectors
-    reach it), or where the product took the CHUNK maxima (cuda's kernel), from the k-th largest
-    t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's candidates
-    (t >= its θ at the time) are appended to its buffer of capacity slots, and when more than k + REFRESH have gathered they are sorted: θ rises to
-    the one from their k-th best and those below θ go. A block in which more than capacity + 1
+    vectors among themselves, so most rows' θ is >= +0 (the int16 pass). Before the scan, a seed
+    pass (`_seed_thresholds`, where seed_window() is at least k and the rows span more than one
+    block) gives each row a first θ near its final one: the rows, sorted by their nearest
+    k-means centroid (`_seed_order`), are cut into windows of at most seed_window() rows, each
+    window's pairs are scored as one block, and θ comes from each row's k-th largest t there
+    (over the window's full chunks of seed_chunk() columns, from their maxima:
+    `_kth_in_top_chunks`). Any k distinct vectors' t serve, since the certificate needs only
+    that k vectors have s - c >= L(t_k), so θ is valid whatever the clustering; how near it
+    lands decides how few t the scan keeps. A row without one (no seed pass, or its window
+    shorter than k) takes it from its first block: the k-th largest max over SEED_CHUNK columns
+    (k distinct vectors reach it), or where the product took the CHUNK maxima (cuda's kernel),
+    the k-th largest t in the k chunks of largest max (`_kth_in_top_chunks`); afterwards a row's
+    candidates (t >= its θ at the time) are appended to its buffer of capacity slots, and when
+    more than k + REFRESH have gathered they are sorted: θ rises to the one from their k-th best
+    and those below θ go. A block in which more than capacity + 1
     t reach a row's θ (a θ from earlier blocks far below this one's: vectors stored in class
     order meet their class late) raises that row's θ to the one from the block's own k-th
     largest t (`_block_kth`) and is selected again. More than capacity at or above θ: the row
@@ -419,6 +428,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
     # last multiple are a second product (`_matmul_into`): a count of columns that is not one did too.
     COLUMN_ALIGNMENT = {"cpu": 1, "cuda": 8}
     SEED_CHUNK = 8  # all_pairs_search's first θ without the kernel's maxima: columns per max (smaller: nearer the k-th)
+    # all_pairs_search's first θ per row from a window of stored vectors near it (`_seed_thresholds`);
+    # 0: no seed pass, each row's first block sets it (cuda: the pass is not measured there)
+    SEED_WINDOW_ROWS = {"cpu": 1024, "cuda": 0}
+    SEED_CENTROIDS = 256  # k-means centroids that order the rows for the windows
+    SEED_SAMPLE = 16384  # stored vectors the k-means steps run on
+    SEED_STEPS = 4  # Lloyd steps
     RESEED_ROWS = 1024  # rows of a block copied at once to raise a crowded row's θ without chunk maxima
     REFRESH = 16  # candidates a row gathers beyond k in all_pairs_search before its θ is raised (a sort)
     OFFSET_SAMPLE = 256  # stored vectors scored in float32 to choose each query's offset c
@@ -599,10 +614,11 @@ class TorchFlatBf16Index(TorchFlatIndex):
         kept_scores[kept_scores < theta.float()[:, None]] = -math.inf
         return kept_scores, kept_ids, failed
 
-    def _chunks(self, scores: torch.Tensor) -> torch.Tensor:
-        """(rows, chunks, CHUNK) view of a block's scores, without its last partial chunk."""
-        full = scores.shape[1] // self.CHUNK * self.CHUNK
-        return scores[:, :full].unflatten(1, (full // self.CHUNK, self.CHUNK))
+    def _chunks(self, scores: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(rows, chunks, chunk) view of a block's scores (chunk: CHUNK unless given), without its last partial chunk."""
+        chunk = self.CHUNK if chunk is None else chunk
+        full = scores.shape[1] // chunk * chunk
+        return scores[:, :full].unflatten(1, (full // chunk, chunk))
 
     def _product(self, left: torch.Tensor, right: torch.Tensor, out: torch.Tensor,
                  columns_too: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -776,12 +792,13 @@ class TorchFlatBf16Index(TorchFlatIndex):
         n = self.ntotal
         left = torch.empty((min(side, n), self.pair_columns), dtype=torch.bfloat16, device=self.device)
         right = torch.empty_like(left)
+        self._seed_thresholds(state, k, buffer, left, right)
         for i_start in range(0, n, side):
             i_end = min(i_start + side, n)
-            left_block = self._pair_operand(left, i_start, i_end, state.offset, "left")
+            left_block = self._pair_operand(left, slice(i_start, i_end), state.offset, "left")
             for j_start in range(i_start, n, side):
                 j_end = min(j_start + side, n)
-                right_block = self._pair_operand(right, j_start, j_end, state.offset, "right")
+                right_block = self._pair_operand(right, slice(j_start, j_end), state.offset, "right")
                 scores = self._aligned_scores(buffer, i_end - i_start, j_end - j_start)
                 row_maxima, column_maxima = self._product(left_block, right_block, scores, j_start != i_start)
                 self._collect(state, scores, row_maxima, i_start, j_start, k)
@@ -789,6 +806,53 @@ class TorchFlatBf16Index(TorchFlatIndex):
                     self._collect(state, scores.T, column_maxima, j_start, i_start, k)
                 del row_maxima, column_maxima  # before the next block's are allocated
         return state
+
+    def _seed_thresholds(self, state: _PairState, k: int, buffer: torch.Tensor, left: torch.Tensor,
+                         right: torch.Tensor) -> None:
+        """Set each row's first θ from its k-th largest t in a window of stored vectors near it, before the
+        scan (see "All pairs" in the class docstring): rows sorted by `_seed_order`, cut into windows of
+        at most seed_window(), each window's pairs scored as a block. A window of fewer than k rows
+        leaves its rows' θ at -inf, to be set by their first block, and so does seed_window() < k or
+        a single block of rows (its first θ comes from every column already)."""
+        window = self.seed_window()
+        if window < k or self.ntotal <= self.pair_block:
+            return
+        for rows in self._seed_order().tensor_split(-(-self.ntotal // window)):
+            if len(rows) < k:
+                continue
+            scores = self._aligned_scores(buffer, len(rows), len(rows))
+            self._matmul_into(self._pair_operand(left, rows, state.offset, "left"),
+                              self._pair_operand(right, rows, state.offset, "right"), scores)
+            chunk = self.seed_chunk(len(rows), k)
+            kth = self._kth_in_top_chunks(scores, _chunk_maxima(scores, chunk), k, chunk=chunk)
+            state.theta[rows] = self._threshold(kth, state.bound[rows], state.slack[rows])
+
+    def seed_window(self) -> int:
+        """Rows of `_seed_thresholds`'s windows: SEED_WINDOW_ROWS for the device, at most the pair buffer's side."""
+        return min(self.SEED_WINDOW_ROWS[self.device.type], self.pair_block, self.ntotal)
+
+    def seed_chunk(self, columns: int, k: int) -> int:
+        """Columns per max for a first θ over `columns` scores: SEED_CHUNK, or fewer so that k chunks fit."""
+        return max(1, min(self.SEED_CHUNK, columns // k))
+
+    def _seed_order(self) -> torch.Tensor:
+        """Stored ids sorted by their nearest of SEED_CENTROIDS centroids (squared l2 for either metric):
+        SEED_STEPS Lloyd steps of k-means over SEED_SAMPLE random stored vectors (their bf16 values),
+        started from the first of them, with a fixed seed. A heuristic that brings near neighbours
+        together; nothing exact rests on it."""
+        generator = torch.Generator(device=self.device).manual_seed(0)
+        sample = self._scored[torch.randperm(self.ntotal, generator=generator, device=self.device)[:self.SEED_SAMPLE],
+                              :self.d].float()
+        centroids = sample[:self.SEED_CENTROIDS]
+        for _ in range(self.SEED_STEPS):
+            nearest = _nearest_centroids(sample, centroids)
+            counts = torch.bincount(nearest, minlength=len(centroids))
+            sums = torch.zeros_like(centroids).index_add_(0, nearest, sample)
+            centroids = sums[counts > 0] / counts[counts > 0, None]
+        del sample, sums
+        nearest = torch.cat([_nearest_centroids(self._scored[begin:begin + self.query_block, :self.d].float(), centroids)
+                             for begin in range(0, self.ntotal, self.query_block)])
+        return nearest.argsort(stable=True)
 
     @property
     def pair_d(self) -> int:
@@ -800,15 +864,15 @@ class TorchFlatBf16Index(TorchFlatIndex):
         """Columns of the all-pairs operands: pair_d and the zeros of COLUMN_ALIGNMENT."""
         return _round_up(self.pair_d, self.COLUMN_ALIGNMENT[self.device.type])
 
-    def _pair_operand(self, out: torch.Tensor, begin: int, end: int, offset: float, side: str) -> torch.Tensor:
-        """Rows begin..end - 1 as left [bf16(x), -c0, 1, 1, -h1, -h2] or right [bf16(x), 1, -h1, -h2, 1, 1]
+    def _pair_operand(self, out: torch.Tensor, rows: slice | torch.Tensor, offset: float, side: str) -> torch.Tensor:
+        """Stored rows (a slice, or ids) as left [bf16(x), -c0, 1, 1, -h1, -h2] or right [bf16(x), 1, -h1, -h2, 1, 1]
         operands (ip: [bf16(x), -c0] and [bf16(x), 1]), so that left_i·right_j = bf16(x_i)·bf16(x_j) - c0 (- h_i - h_j);
         zeros pad both to pair_columns."""
         d = self.d
-        scored = self._scored[begin:end]
+        scored = self._scored[rows]
         if self.metric == "ip" and side == "right":
             return scored  # x' is [bf16(x), 1] and its zeros: pair_columns == scored_columns
-        block = out[:end - begin]
+        block = out[:len(scored)]
         block[:, self.pair_d:] = 0.0
         if side == "right":
             block[:, :self.scored_d] = scored[:, :self.scored_d]
@@ -886,7 +950,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
                 if maxima is not None and maxima.shape[1] >= k:  # the product took the CHUNK maxima
                     kth = self._kth_in_top_chunks(scores, maxima, k)
                 else:  # k chunks whose max reaches m hold k vectors with t >= m: the k-th largest chunk max
-                    seed_maxima = _chunk_maxima(scores, max(1, min(self.SEED_CHUNK, scores.shape[1] // k)))
+                    seed_maxima = _chunk_maxima(scores, self.seed_chunk(scores.shape[1], k))
                     kth = seed_maxima.topk(k, dim=1).values[:, -1]
                 seeded = self._threshold(kth, state.bound[rows], state.slack[rows])
                 theta[unset] = seeded[unset]
@@ -932,9 +996,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
         return torch.cat([scores[group].topk(k, dim=1).values[:, -1] for group in rows.split(self.RESEED_ROWS)])
 
     def _kth_in_top_chunks(self, scores: torch.Tensor, maxima: torch.Tensor, k: int,
-                           rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Each row's (or the given rows') k-th largest t among the full CHUNKs of a block (a transposed view
-        too), from their maxima.
+                           rows: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+        """Each row's (or the given rows') k-th largest t among the full CHUNKs (or chunks of `chunk`
+        columns) of a block (a transposed view too), from their maxima.
 
         A chunk holding one of a row's k largest t has a max at least the k-th largest, and at most k
         chunks hold them, so they are among the k chunks of largest max (whichever way ties fall, the
@@ -946,7 +1010,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         few chunks, still start with a tight θ."""
         top_chunks = (maxima if rows is None else maxima[rows]).topk(k, dim=1).indices
         rows = torch.arange(len(scores), device=scores.device) if rows is None else rows
-        return self._chunks(scores)[rows[:, None], top_chunks].flatten(1).topk(k, dim=1).values[:, -1]
+        return self._chunks(scores, chunk)[rows[:, None], top_chunks].flatten(1).topk(k, dim=1).values[:, -1]
 
     def _append(self, state: _PairState, first_row: int, n_rows: int, found_rows: torch.Tensor,
                 found_ids: torch.Tensor, found_values: torch.Tensor, k: int) -> None:
@@ -1016,6 +1080,11 @@ def _chunk_maxima(scores: torch.Tensor, chunk: int) -> torch.Tensor:
     if scores.stride(1) != 1:
         return scores.T[:chunks * chunk].unflatten(0, (chunks, chunk)).amax(dim=1).T
     return scores[:, :chunks * chunk].unflatten(1, (chunks, chunk)).amax(dim=2)
+
+
+def _nearest_centroids(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centroid in squared l2 (argmax of p·c - |c|²/2)."""
+    return (points @ centroids.T - 0.5 * (centroids * centroids).sum(dim=1)).argmax(dim=1)
 
 
 def _bf16_flushed(values: torch.Tensor) -> torch.Tensor:

@@ -209,7 +209,8 @@ def all_pairs_model_bytes(index, k: int) -> int:
     Then the largest of three phases, which are not alive together:
     - bounds: 12 float64 a row while E, 2F and c0 are computed, per pass of rows the float32
       residual and float64 norm passes (8·rows·d + 8·1024·d), and the sampled scores for c0;
-    - scan: the two bf16 operand blocks (4·side·pair_columns); on cuda with Triton the chunk
+    - scan: the two bf16 operand blocks (4·side·pair_columns), beside first the seed pass
+      (`seed_pass_bytes`) and then, per block: on cuda with Triton the chunk
       maxima of a block both ways (4·side·(side // chunk)); a row's first θ (bf16 maxima over
       SEED_CHUNK columns, twice if topk copies them, and their top-k; with the kernel's maxima,
       the top k chunks' ids and maxima values, their t and its top-k, side·k·(20 + 2·chunk); or, where
@@ -233,7 +234,7 @@ def all_pairs_model_bytes(index, k: int) -> int:
     state = n * (12 * capacity + 27)
     sample = index.OFFSET_SAMPLE
     bounds = 96 * n + 8 * rows * d + 8 * 1024 * d + 4 * sample * (d + 2 * sample)
-    seed_chunk = max(1, min(index.SEED_CHUNK, side // k))
+    seed_chunk = index.seed_chunk(side, k)
     seed_maxima = max(side // seed_chunk, 2 * k)  # a narrower last block (< 8k columns) has < 2k
     kernel_seed = side * k * (20 + 2 * chunk)
     seed = max(4 * side * seed_maxima + 10 * side * k, 48 * side * (capacity + 1), kernel_seed) + 64 * side
@@ -241,8 +242,9 @@ def all_pairs_model_bytes(index, k: int) -> int:
     compaction = side * (12 * (capacity + chunk) + 12 * capacity + 34 * (2 * capacity + chunk) + 64)
     append = 113 * survivors + compaction
     kernel_maxima = 4 * side * (side // chunk) if maxima_kernel_available(index.device) else 0
-    scan = (4 * side * index.pair_columns + kernel_maxima + seed
-            + max(bf16_selection_bytes(side, side, capacity, chunk, index.RESEED_ROWS), append))
+    scan = (4 * side * index.pair_columns
+            + max(seed_pass_bytes(index, k), kernel_maxima + seed
+                  + max(bf16_selection_bytes(side, side, capacity, chunk, index.RESEED_ROWS), append)))
     columns = min(index.database_block, n)
     fall_back_rows = min(rows, index.pair_buffer_bytes() // 4 // columns)
     database_blocks = -(-n // columns)
@@ -251,6 +253,33 @@ def all_pairs_model_bytes(index, k: int) -> int:
                  + max(bf16_rerank_bytes(index, rows, k), fall_back) + 20 * rows * k)
     finish = max(12 * n * k + per_block, 2 * 12 * n * k)
     return index.pair_buffer_bytes() + state + max(bounds, scan, finish) + RUNTIME_ALLOWANCE_BYTES
+
+
+def seed_pass_bytes(index, k: int) -> int:
+    """Bytes TorchFlat.bf16's seed pass (`_seed_thresholds`) allocates, 0 where it does not run.
+
+    With n = index.ntotal, S = min(SEED_SAMPLE, n) sampled rows, C = min(SEED_CENTROIDS, n)
+    centroids, W = seed_window() rows a window and c = seed_chunk(W, k): 32·n for the sample's
+    random permutation, the nearest centroid of every row and their argsort, beside the largest of
+    a k-means step (the sample gathered in bf16 and in float32, its scores against the centroids
+    twice and their argmax, S·(2·scored_columns + 4·d + 8·C + 8); the old and new centroids, their
+    sums and squares, 16·C·d + 16·C), the nearest centroids of one block of query_block rows (its
+    float32 copy and scores, beside the centroids and their squares, 8·C·d) and one window (its
+    rows gathered for both operands, 4·W·scored_columns; the maxima over c columns, 2·W·(W // c);
+    the top k chunks and their t, W·k·(20 + 2·c); θ's float64 arithmetic, 72·W). 0 where the pass
+    does not run: seed_window() < k, or a single block of rows.
+    """
+    n, d = index.ntotal, index.d
+    window = index.seed_window()
+    if window < k or n <= index.pair_block:
+        return 0
+    sample, centroids = min(index.SEED_SAMPLE, n), min(index.SEED_CENTROIDS, n)
+    rows = min(index.query_block, n)
+    chunk = index.seed_chunk(window, k)
+    kmeans = sample * (2 * index.scored_columns + 4 * d + 8 * centroids + 8) + 16 * centroids * d + 16 * centroids
+    nearest = rows * (4 * d + 8 * centroids + 8) + 8 * centroids * d
+    windows = 4 * window * index.scored_columns + 2 * window * (window // chunk) + window * k * (20 + 2 * chunk) + 72 * window
+    return 32 * n + max(kmeans, nearest, windows)
 
 
 KMEANS_MAX_POINTS_PER_CENTROID = 256  # FAISS ClusteringParameters default: k-means subsamples above it
