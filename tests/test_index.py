@@ -714,7 +714,7 @@ def test_bf16_seed_pass_leaves_rows_of_windows_under_k_to_their_first_block():
 
 def test_bf16_seed_pass_cuts_the_scores_the_scan_keeps(monkeypatch):
     """The point of the seed pass: rows start from a θ near their final one, so the scan's selection
-    passes far fewer t (measured at 100k x 384: 5.29 -> 1.61 a row and block, README)."""
+    passes far fewer t (measured at 100k x 384: 5.29 -> 1.61 a row and selection, README)."""
     vectors = clustered_embeddings(8192, 0, 32, 64, separation=1.0, seed=2).train_vectors
     survivors = TorchFlatBf16Index._survivors
     kept = []
