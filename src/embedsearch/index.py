@@ -814,9 +814,9 @@ class TorchFlatBf16Index(TorchFlatIndex):
         at most seed_window(), each window's pairs scored as a block. A window of fewer than k rows
         leaves its rows' θ at -inf, to be set by their first block, and so does seed_window() < k or
         a single block of rows (its first θ comes from every column already)."""
-        window = self.seed_window()
-        if window < k or self.ntotal <= self.pair_block:
+        if not self.runs_seed_pass(k):
             return
+        window = self.seed_window()
         for rows in self._seed_order().tensor_split(-(-self.ntotal // window)):
             if len(rows) < k:
                 continue
@@ -826,6 +826,11 @@ class TorchFlatBf16Index(TorchFlatIndex):
             chunk = self.seed_chunk(len(rows), k)
             kth = self._kth_in_top_chunks(scores, _chunk_maxima(scores, chunk), k, chunk=chunk)
             state.theta[rows] = self._threshold(kth, state.bound[rows], state.slack[rows])
+
+    def runs_seed_pass(self, k: int) -> bool:
+        """Whether all_pairs_search(k) runs `_seed_thresholds`: windows of at least k rows, and more than one
+        block of rows (one block's first θ comes from every column already)."""
+        return self.seed_window() >= k and self.ntotal > self.pair_block
 
     def seed_window(self) -> int:
         """Rows of `_seed_thresholds`'s windows: SEED_WINDOW_ROWS for the device, at most the pair buffer's side."""

@@ -267,12 +267,12 @@ def seed_pass_bytes(index, k: int) -> int:
     float32 copy and scores, beside the centroids and their squares, 8·C·d) and one window (its
     rows gathered for both operands, 4·W·scored_columns; the maxima over c columns, 2·W·(W // c);
     the top k chunks and their t, W·k·(20 + 2·c); θ's float64 arithmetic, 72·W). 0 where the pass
-    does not run: seed_window() < k, or a single block of rows.
+    does not run (`runs_seed_pass`).
     """
     n, d = index.ntotal, index.d
-    window = index.seed_window()
-    if window < k or n <= index.pair_block:
+    if not index.runs_seed_pass(k):
         return 0
+    window = index.seed_window()
     sample, centroids = min(index.SEED_SAMPLE, n), min(index.SEED_CENTROIDS, n)
     rows = min(index.query_block, n)
     chunk = index.seed_chunk(window, k)
