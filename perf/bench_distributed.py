@@ -7,6 +7,7 @@ minute, and records the paired ratio: the overhead of going through Ray.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ from records import median_seconds, record
 from tiers import IndexCase
 from timed_call import time_operation
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs the ray extra: pip install -e '.[ray]'")
+# ray itself is imported by the cases that run (embedsearch.distributed): importing it took about 1 s of each
+# collection, the pr tier's too, which runs no Ray case
+if importlib.util.find_spec("ray") is None:
+    pytest.skip("the Ray engine needs the ray extra: pip install -e '.[ray]'", allow_module_level=True)
 from embedsearch.distributed import build_sharded_index, connect, embed_distributed, read_embeddings  # noqa: E402
 
 PAIRED_ROUNDS = 5  # in-process / Ray timing pairs per search case (timed runs only)
@@ -37,6 +41,8 @@ def cluster_cpus():
     """CPUs of the Ray cluster: the one this session already uses, else a local one started here and
     shut down after this module: a local cluster left running takes CPU time from every later
     benchmark (docs/ab-gate.md: "A Ray cluster ran beside the later benchmarks")."""
+    import ray
+
     started_here = not ray.is_initialized()
     yield int(connect().cluster_resources().get("CPU", 0))
     if started_here:

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from embedsearch.data import DigitsImages
 from embedsearch.device import synchronize
@@ -22,6 +21,8 @@ _models: dict[tuple[str, str], object] = {}
 
 
 def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
+    from timm.models.vision_transformer import VisionTransformer  # here, not at collection (embed.load_model)
+
     if embed_case.precision == "fp16" and device != "cuda":
         pytest.skip("precision fp16 autocasts on cuda only")
     if embed_case.precision == "bf16" and device == "cpu" and not cpu_supports_bf16():

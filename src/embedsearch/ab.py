@@ -244,7 +244,9 @@ class Worker:
                    # (its tree's path, its environment) is drawn afresh for every worker instead of biasing
                    # every pass alike (Mytkowicz et al., ASPLOS 2009; Curtsinger & Berger, ASPLOS 2013).
                    EMBEDSEARCH_AB_LAYOUT="." * secrets.randbelow(LAYOUT_PADDING))
-        command = [sys.executable, "-m", "pytest", "-p", "embedsearch_lockstep", "-p", "no:cacheprovider", "-q",
+        # without hypothesis's plugin, which a benchmark never uses and whose import took 1-1.5 s of each start
+        command = [sys.executable, "-m", "pytest", "-p", "embedsearch_lockstep", "-p", "no:cacheprovider",
+                   "-p", "no:hypothesispytest", "-q",
                    "--benchmark", f"--benchmark-json={self.json_path}", *pytest_args]
         with open(self.log_path, "wb") as log:
             # Its own process group: a terminal's Ctrl-C reaches the controller, which ends both workers.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
+
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ def image_folder(root: str | Path, transform: Callable | None = None) -> ImageFo
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+    from torchvision.datasets import ImageFolder  # here: importing torchvision takes about 2 s (torch._dynamo)
+
     return ImageFolder(str(root), transform=transform, loader=load_rgb_image)
 
 
@@ -136,7 +140,7 @@ def tiny_imagenet(root: str | Path, transform: Callable | None = None) -> tuple[
             f"{str(root)!r} is not a Tiny ImageNet folder: expected train/<wnid>/images/ and "
             "val/images/ with val/val_annotations.txt"
         )
-    train = ImageFolder(str(Path(root) / "train"), transform=transform, loader=load_rgb_image)
+    train = image_folder(Path(root) / "train", transform)
     return train, TinyImageNetVal(root, train.class_to_idx, transform)
 
 

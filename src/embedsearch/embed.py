@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -40,6 +39,8 @@ class EmbeddingModel:
 
     def transform(self) -> Callable:
         """The model's own eval preprocessing (resize, crop, normalise) as a PIL -> tensor callable."""
+        import timm
+
         return timm.data.create_transform(**self.data_config, is_training=False)
 
 
@@ -55,6 +56,10 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | Path = "pretrained", de
     are drawn with the fixed seed RANDOM_WEIGHTS_SEED, so runs (and their accuracy) are comparable;
     the caller's torch random state is left as it was.
     """
+    # timm is imported where it is used: importing it takes 2-3 s (torchvision, torch._dynamo), which every
+    # process that imports this module, such as each `embedsearch ab` worker's collection, paid at start
+    import timm
+
     if not isinstance(name, str) or not timm.is_model(name):
         architecture = str(name).split(".")[0]
         close = timm.list_models(f"*{architecture[:8]}*")[:5] if isinstance(name, str) and architecture else []
@@ -96,6 +101,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | Path = "pretrained", de
 
 def _load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> None:
     """Load a safetensors or torch state dict strictly, ignoring only the removed classifier."""
+    import timm
+
     try:
         state_dict = timm.models.load_state_dict(str(checkpoint))
     except Exception as error:  # torch.load and safetensors raise many types (EOFError, KeyError, ...) on bad files

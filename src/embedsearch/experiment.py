@@ -8,11 +8,11 @@ import os
 import platform
 import zipfile
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import faiss
 import numpy as np
-import timm
 import torch
 from torch.utils.data import Dataset
 
@@ -126,7 +126,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         weights=weights, embeddings_loaded=loaded,
         stages={name: asdict(measure) for name, measure in stages.items()}, accuracy=accuracy,
         versions={"embedsearch": __version__, "faiss": faiss.__version__, "torch": torch.__version__,
-                  "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()},
+                  "timm": version("timm"), "numpy": np.__version__, "python": platform.python_version()},
     )
 
 
