@@ -19,7 +19,9 @@ from embedsearch.stats import PairedEstimate
 
 ROOT = Path(__file__).resolve().parents[1]
 # FAISS Flat and TorchFlat, 5000 x 64, one thread: a 2-thread OpenMP search stalls whenever other jobs take a core
-SMALL = ["--perf-tier=smoke", "--no-perf-memory", "--perf-threads=1", "-k", "test_brute_force and not Torch"]  # FAISS Flat only
+# FAISS Flat only, its module named: a worker that collects only it starts seconds sooner
+SMALL = ["--perf-tier=smoke", "--no-perf-memory", "--perf-threads=1", "-k", "test_brute_force and not Torch",
+         "perf/bench_brute_force.py"]
 
 
 class FakeWorker:
@@ -527,7 +529,7 @@ def test_ab_bad_input_exits_2_naming_the_problem(project, tmp_path):
     broken = Path(project["repository"]) / "perf" / "bench_zz_broken.py"
     broken.write_text("import nonexistent_module_for_the_test\n")
     try:
-        code, _, err = ab(project, project["base"], "--", *SMALL)
+        code, _, err = ab(project, project["base"], "--", "--perf-tier=smoke", "-k", "test_brute_force")  # all of perf/
     finally:
         broken.unlink()
     assert code == 2 and "could not collect the head side" in err and "nonexistent_module_for_the_test" in err
@@ -606,7 +608,7 @@ def test_undecided_suspects_alone_get_the_further_confirmation_passes(project, m
     monkeypatch.setattr(ab_module, "undecided", undecided)
     root = Path(project["repository"])
     base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
-    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "-k", "test_brute_force and not bf16"]
+    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "-k", "test_brute_force and not bf16", "perf/bench_brute_force.py"]
     passes, pass_seconds = ab_module.run_confirmations(base, head, pytest_args, random.Random(1), [flat, torch_flat],
                                                        0.05, {}, lambda *line, **options: None)
     assert seen == [[(flat, ab_module.CONFIRMATIONS), (torch_flat, ab_module.CONFIRMATIONS)]]
@@ -625,7 +627,7 @@ def test_one_template_pair_runs_each_plan_it_is_sent_in_a_child_that_ends_with_i
 
     root = Path(project["repository"])
     base, head = ab_module.make_side(root, "base", project["base"]), ab_module.make_side(root, "head", project["slower"])
-    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "--no-perf-memory", "-k", "test_brute_force and not bf16"]
+    pytest_args = ["--perf-tier=smoke", "--perf-threads=1", "--no-perf-memory", "-k", "test_brute_force and not bf16", "perf/bench_brute_force.py"]
     passes = []
     with ab_module.started_workers(base, head, pytest_args, {}, template=True) as workers:
         plan, _, _ = ab_module.agree_on_plan(workers["base"], workers["head"])
