@@ -21,12 +21,12 @@ _models: dict[tuple[str, str], object] = {}
 
 
 def test_embed_throughput(benchmark, embed_case, device, threads, pytestconfig):
-    from timm.models.vision_transformer import VisionTransformer  # here, not at collection (embed.load_model)
-
     if embed_case.precision == "fp16" and device != "cuda":
         pytest.skip("precision fp16 autocasts on cuda only")
     if embed_case.precision == "bf16" and device == "cpu" and not cpu_supports_bf16():
         pytest.skip("precision bf16 on cpu needs AVX512-BF16 or AMX")
+    from timm.models.vision_transformer import VisionTransformer  # here, not at collection (embed.load_model)
+
     key = (embed_case.model, device)
     if key not in _models:
         _models.clear()  # one model resident at a time

@@ -18,6 +18,8 @@ def test_end_to_end(benchmark, end_to_end_case, device, threads):
         weights = str(efficientnet_lite0_weights())
     except FileNotFoundError as error:
         pytest.skip(str(error))
+    import timm  # noqa: F401  run_experiment's load_model imports it (2-3 s): not inside the timed round
+
     config = ExperimentConfig(dataset="digits", model=end_to_end_case["model"], weights=weights, device=device,
                               ks=(end_to_end_case["k"],), vote="weighted", image_size=end_to_end_case["image_size"])
     benchmark.group = f"end-to-end digits {device}"

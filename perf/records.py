@@ -6,20 +6,19 @@ Every field is declared in embedsearch.fields; `record` refuses any other.
 from __future__ import annotations
 
 import platform
-from importlib.metadata import version
 
 import faiss
 import numpy as np
 import torch
 
 import embedsearch
+from embedsearch.embed import timm_version
 from embedsearch.fields import FIELDS, THREADS, VERSIONS
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries a figure depends on (timm's from its metadata: importing it takes seconds)."""
     return {"embedsearch": embedsearch.__version__, "faiss": faiss.__version__, "torch": torch.__version__,
-            "timm": version("timm"), "numpy": np.__version__, "python": platform.python_version()}
+            "timm": timm_version(), "numpy": np.__version__, "python": platform.python_version()}
 
 
 def record(benchmark, threads: int, **figures) -> None:

@@ -87,12 +87,15 @@ def test_a_timed_run_takes_the_tiers_max_time_unless_the_command_line_gives_one(
     assert float(run["options"]["max_time"]) == max_time
 
 
-def test_a_timed_run_collects_perf_only_without_importing_the_unit_tests():
+def test_a_timed_run_collects_perf_only_without_importing_the_unit_tests_timm_or_ray():
+    """Each `embedsearch ab` worker collects the suite: timm (with torchvision) and Ray took 3-4 s of its start."""
     script = ("import sys, pytest; code = pytest.main(['--benchmark', '--co', '-q', '-p', 'no:cacheprovider', "
               "'--perf-tier=smoke']); print('unit test modules imported:', sorted(m for m in sys.modules "
-              "if m.startswith('test_'))); sys.exit(code)")
+              "if m.startswith('test_'))); print('heavy modules imported:', sorted(m for m in sys.modules "
+              "if m.split('.')[0] in ('timm', 'torchvision', 'ray'))); sys.exit(code)")
     completed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     ids = [line for line in completed.stdout.splitlines() if "::" in line]
     assert ids and all(line.startswith("perf/bench_") for line in ids), completed.stdout
     assert "unit test modules imported: []" in completed.stdout
+    assert "heavy modules imported: []" in completed.stdout

@@ -143,3 +143,17 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_refused(model, digits, monke
     monkeypatch.setattr(embed_module, "cpu_supports_bf16", lambda: False)
     with pytest.raises(ValueError, match="precision='bf16' on cpu needs a CPU with AVX512-BF16 or AMX"):
         embed_dataset(model, digits, precision="bf16")
+
+
+def test_timm_version_is_the_loaded_modules_else_its_metadatas(monkeypatch):
+    import importlib.metadata
+    import sys
+
+    import timm
+
+    assert embed_module.timm_version() == timm.__version__ == importlib.metadata.version("timm")
+    monkeypatch.setattr(embed_module, "version", lambda name: f"{name} metadata")
+    monkeypatch.delitem(sys.modules, "timm")  # not loaded: the metadata's
+    assert embed_module.timm_version() == "timm metadata"
+    monkeypatch.setitem(sys.modules, "timm", timm)  # loaded: the module's, whatever the metadata says
+    assert embed_module.timm_version() == timm.__version__

@@ -18,6 +18,8 @@ import faiss
 import numpy as np
 import torch
 
+from .data import image_folder, is_tiny_imagenet, tiny_imagenet
+from .embed import DEFAULT_MODEL, PRECISIONS, embed_images, load_model
 from .files import save_npz_atomically, write_atomically
 from .index import Index, create_index
 from .validation import as_vectors, check_choice
@@ -342,8 +344,6 @@ class _EmbeddingWorker:
     def __init__(self, model: str, weights: str, device: str, precision: str, threads: int):
         from torchvision.datasets.folder import default_loader  # the loader ImageFolder uses
 
-        from .embed import load_model
-
         torch.set_num_threads(threads)
         self.model = load_model(model, weights, device)
         self.transform = self.model.transform()
@@ -352,8 +352,6 @@ class _EmbeddingWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
-
-        from .embed import embed_images
 
         images = torch.stack([self.transform(self.loader(str(path))) for path in batch["path"]])
         embeddings = embed_images(self.model, images, self.precision).cpu().numpy()
@@ -373,9 +371,6 @@ def embed_distributed(root: str | Path, output_dir: str | Path, model: str | Non
     threads) and embed batches of `batch_size` images with the model's own preprocessing, so the
     result equals embed_dataset's to float32 round-off. Read it back with read_embeddings.
     """
-    from .data import image_folder, is_tiny_imagenet, tiny_imagenet  # torchvision: not for shard actors
-    from .embed import DEFAULT_MODEL, PRECISIONS
-
     _check_integer("workers", workers, 1)
     _check_integer("batch_size", batch_size, 1)
     _check_integer("threads", threads, 1)

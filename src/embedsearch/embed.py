@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +44,16 @@ class EmbeddingModel:
         import timm
 
         return timm.data.create_transform(**self.data_config, is_training=False)
+
+
+def timm_version() -> str:
+    """timm's version: the loaded module's, else its installed metadata's (importing timm takes 2-3 s)."""
+    if "timm" not in sys.modules:
+        with contextlib.suppress(PackageNotFoundError):  # timm on sys.path without metadata: import it
+            return version("timm")
+    import timm
+
+    return timm.__version__
 
 
 RANDOM_WEIGHTS_SEED = 0  # "random" weights are reproducible: runs compare

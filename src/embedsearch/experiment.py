@@ -8,7 +8,6 @@ import os
 import platform
 import zipfile
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import faiss
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 from . import __version__
 from .data import DigitsImages, EmbeddingSplit, clustered_embeddings, digits_arrays, image_folder, is_tiny_imagenet, tiny_imagenet
 from .device import resolve_device
-from .embed import PRECISIONS, embed_dataset, load_model
+from .embed import PRECISIONS, embed_dataset, load_model, timm_version
 from .files import check_writable, save_npz_atomically
 from .index import build_index
 from .knn import DEFAULT_TEMPERATURE, VOTES, class_scores, leave_one_out_search, similarities, topk_accuracy
@@ -126,7 +125,7 @@ def run_experiment(config: ExperimentConfig) -> ExperimentResult:
         weights=weights, embeddings_loaded=loaded,
         stages={name: asdict(measure) for name, measure in stages.items()}, accuracy=accuracy,
         versions={"embedsearch": __version__, "faiss": faiss.__version__, "torch": torch.__version__,
-                  "timm": version("timm"), "numpy": np.__version__, "python": platform.python_version()},
+                  "timm": timm_version(), "numpy": np.__version__, "python": platform.python_version()},
     )
 
 
