@@ -663,8 +663,7 @@ def seeded_state(index, k):
     """all_pairs_search's state after its seed pass, the seed's row order, and the buffer and operands it used."""
     state = index._pair_state(k)
     buffer = index._pair_buffer()
-    left = torch.empty((min(index.pair_block, index.ntotal), index.pair_columns), dtype=torch.bfloat16)
-    right = torch.empty_like(left)
+    left, right = index._operand_blocks()
     index._seed_thresholds(state, k, buffer, left, right)
     return state, index._seed_order(), buffer, left, right
 

@@ -145,8 +145,7 @@ def test_bf16_seed_pass_stays_within_its_memory_model(split):
     index = build_index(BF16_SPEC, split.train_vectors, "ip")  # 49 windows of 1021 rows or 1020
     state = index._pair_state(K + 1)
     buffer = index._pair_buffer()
-    left = torch.empty((index.pair_block, index.pair_columns), dtype=torch.bfloat16)
-    right = torch.empty_like(left)
+    left, right = index._operand_blocks()
     seed = lambda: index._seed_thresholds(state, K + 1, buffer, left, right)  # noqa: E731
     seed()
     _, profile = profile_memory(seed)

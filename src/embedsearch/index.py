@@ -790,8 +790,7 @@ class TorchFlatBf16Index(TorchFlatIndex):
         state = self._pair_state(k)
         side = self.pair_block
         n = self.ntotal
-        left = torch.empty((min(side, n), self.pair_columns), dtype=torch.bfloat16, device=self.device)
-        right = torch.empty_like(left)
+        left, right = self._operand_blocks()
         self._seed_thresholds(state, k, buffer, left, right)
         for i_start in range(0, n, side):
             i_end = min(i_start + side, n)
@@ -806,6 +805,12 @@ class TorchFlatBf16Index(TorchFlatIndex):
                     self._collect(state, scores.T, column_maxima, j_start, i_start, k)
                 del row_maxima, column_maxima  # before the next block's are allocated
         return state
+
+    def _operand_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The left and right bf16 operand buffers of all pairs' blocks (`_pair_operand` fills them)."""
+        left = torch.empty((min(self.pair_block, self.ntotal), self.pair_columns), dtype=torch.bfloat16,
+                           device=self.device)
+        return left, torch.empty_like(left)
 
     def _seed_thresholds(self, state: _PairState, k: int, buffer: torch.Tensor, left: torch.Tensor,
                          right: torch.Tensor) -> None:
